@@ -1,0 +1,38 @@
+# `make demo` and `make test` set everything up on a fresh machine (Python 3.10+, a C compiler, cmake).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+VOCAB := .cache/vocab/.done
+
+.PHONY: demo test serve bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[default-model,dev]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+# Vocab-only GGUFs (tokenizers of several model families) ship in llama-cpp-python's sdist.
+$(VOCAB): $(STAMP)
+	bash scripts/fetch-vocab.sh $(BIN)/python .cache/vocab
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/tandem demo
+
+test: $(STAMP) $(VOCAB)
+	$(BIN)/python -m pytest -q
+
+serve: $(STAMP)
+	$(BIN)/tandem serve
+
+bench: $(STAMP)
+	$(BIN)/tandem bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check lsp_server tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .cache

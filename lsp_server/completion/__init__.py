@@ -1,0 +1,1 @@
+"""Inline completion: request queue, prompt building, post-processing."""

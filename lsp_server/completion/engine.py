@@ -1,0 +1,341 @@
+"""The completion pipeline: debounce, decide, build prompt, stream with early stop, post-process, record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import statistics
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+
+from lsp_server.backends import BackendError, CompletionBackend, Generation, TextPrompt
+from lsp_server.completion.postprocess import is_block_start, postprocess
+from lsp_server.completion.prompt import FimTemplate, build_prompt
+from lsp_server.config import Settings
+from lsp_server.ledger import Entry
+
+log = logging.getLogger(__name__)
+
+# Complete only when what follows the cursor on its line is closers, punctuation or nothing:
+# in the middle of code a suggestion would have to rewrite what is already there.
+_COMPLETABLE_SUFFIX = re.compile(r"[\s)\]}>'\"`;:,.]*")
+_MAX_LINES = 12
+
+
+@dataclass(frozen=True)
+class Selected:
+    """The editor's selected completion-list item that ghost text must extend."""
+
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """One inline-completion request, snapshotted by the server."""
+
+    uri: str
+    text: str
+    cursor: int
+    selected: Selected | None = None
+    invoked: bool = False
+    """Explicitly asked for by the user: no debounce."""
+    workspace: str = ""
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """Ghost text to insert, replacing `text[start:end]` of the request's document."""
+
+    text: str
+    start: int
+    end: int
+    request_id: str
+    from_cache: bool = False
+
+
+@dataclass
+class Counters:
+    """What the engine did, for `tandem.status`."""
+
+    inlineRequests: int = 0
+    generations: int = 0
+    cancelledGenerations: int = 0
+    cacheHits: int = 0
+    supersededRequests: int = 0
+    skippedRequests: int = 0
+    errors: int = 0
+
+
+class AdaptiveDebounce:
+    """How long to wait before a request may start the model, from the user's typing rhythm.
+
+    After a pause the wait is short; during fast typing it stretches to just past the user's
+    usual gap between keys, so a generation starts only once the typing stops.
+    """
+
+    PAUSE_S = 1.0
+    AFTER_PAUSE_S = 0.075
+    MIN_S = 0.05
+    MAX_S = 0.25
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self._gap: float | None = None
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait for a request that arrives at `now`."""
+        gap = None if self._last is None else now - self._last
+        self._last = now
+        if gap is None or gap >= self.PAUSE_S:
+            return self.AFTER_PAUSE_S
+        self._gap = gap if self._gap is None else 0.7 * self._gap + 0.3 * gap
+        return min(self.MAX_S, max(self.MIN_S, 1.5 * self._gap))
+
+
+@dataclass
+class _Shown:
+    """The last suggestion of a document, kept for typed-ahead hits."""
+
+    prefix: str
+    suffix: str
+    text: str
+    request_id: str
+
+
+@dataclass
+class _Slot:
+    """Per-document state: the newest request wins."""
+
+    seq: int = 0
+    cancel: threading.Event | None = None
+    debounce: AdaptiveDebounce = field(default_factory=AdaptiveDebounce)
+    shown: _Shown | None = None
+
+    def supersede(self) -> int:
+        self.seq += 1
+        if self.cancel is not None:
+            self.cancel.set()
+        return self.seq
+
+
+@dataclass(frozen=True)
+class Context:
+    """What post-processing needs to know about the cursor's surroundings."""
+
+    line_prefix: str
+    line_suffix: str
+    following: str
+    multiline: bool
+
+    @classmethod
+    def at(cls, text: str, cursor: int, multiline: str) -> Context:
+        """The context at `cursor`; `multiline` is the setting ("auto", "always", "never")."""
+        line_start = text.rfind("\n", 0, cursor) + 1
+        line_end = text.find("\n", cursor)
+        line_end = len(text) if line_end < 0 else line_end
+        previous_start = text.rfind("\n", 0, max(0, line_start - 1)) + 1
+        line_prefix = text[line_start:cursor]
+        line_suffix = text[cursor:line_end].rstrip("\r")
+        block = is_block_start(line_prefix, text[previous_start : max(0, line_start - 1)], line_suffix)
+        return cls(
+            line_prefix=line_prefix,
+            line_suffix=line_suffix,
+            following=text[line_end + 1 : line_end + 2001],
+            multiline=multiline == "always" or (multiline == "auto" and block),
+        )
+
+
+class Engine:
+    """Turns inline-completion requests into suggestions, one model generation at a time."""
+
+    def __init__(
+        self,
+        backend: CompletionBackend,
+        settings: Settings,
+        template: Callable[[], Awaitable[FimTemplate | None]],
+        record: Callable[[Entry], None] = lambda entry: None,
+    ) -> None:
+        self.counters = Counters()
+        self._backend = backend
+        self._settings = settings
+        self._template = template
+        self._record = record
+        self._slots: dict[str, _Slot] = {}
+        self._latencies: deque[float] = deque(maxlen=2000)
+
+    async def complete(
+        self, req: Request, on_partial: Callable[[str], None] = lambda text: None
+    ) -> Suggestion | None:
+        """The newest request of a document gets a suggestion; older ones get None."""
+        started = time.perf_counter()
+        self.counters.inlineRequests += 1
+        slot = self._slots.setdefault(req.uri, _Slot())
+        ticket = slot.supersede()
+        if req.selected is not None:
+            req = _apply_selected(req)
+        if (hit := _typed_ahead(slot.shown, req)) is not None:
+            self.counters.cacheHits += 1
+            return self._answer(hit, req, started)
+        if not _COMPLETABLE_SUFFIX.fullmatch(_line_suffix(req.text, req.cursor)):
+            self.counters.skippedRequests += 1
+            return None
+        delay = 0.0 if req.invoked else self._debounce(slot)
+        await asyncio.sleep(delay)
+        if ticket != slot.seq:
+            self.counters.supersededRequests += 1
+            return None
+        ctx = Context.at(req.text, req.cursor, self._settings.multiline)
+        prompt = build_prompt(req.text, req.cursor, await self._template(), self._settings.prompt_tokens)
+        request_id = uuid.uuid4().hex
+        text = await self._generate(prompt.text, ctx, slot, ticket, req, request_id, on_partial)
+        if not text:
+            return None
+        slot.shown = _Shown(req.text[: req.cursor], req.text[req.cursor :], text, request_id)
+        return self._answer(Suggestion(text, req.cursor, req.cursor, request_id), req, started)
+
+    def forget(self, uri: str) -> None:
+        """Drop a closed document's state and stop its generation."""
+        slot = self._slots.pop(uri, None)
+        if slot is not None:
+            slot.supersede()
+
+    def status(self) -> dict[str, object]:
+        """Counters and latency percentiles, as `tandem.status` reports them."""
+        latencies = sorted(self._latencies)
+        percentiles: dict[str, float | int] = {"count": len(latencies)}
+        if latencies:
+            percentiles["p50"] = round(statistics.median(latencies), 1)
+            percentiles["p95"] = round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1)
+        return {"counters": asdict(self.counters), "latencyMs": percentiles}
+
+    def _debounce(self, slot: _Slot) -> float:
+        fixed = self._settings.debounce_ms
+        return slot.debounce.delay(time.monotonic()) if fixed is None else fixed / 1000
+
+    async def _generate(
+        self,
+        prompt_text: str,
+        ctx: Context,
+        slot: _Slot,
+        ticket: int,
+        req: Request,
+        request_id: str,
+        on_partial: Callable[[str], None],
+    ) -> str | None:
+        """Stream one generation, stopping as soon as what will be shown is complete; the cleaned text."""
+        cancel = threading.Event()
+        slot.cancel = cancel
+        report = Generation()
+        stop = () if ctx.multiline else ("\n",)
+        raw = text = ""
+        outcome = "ok"
+        cancelled = False
+        try:
+            stream = self._backend.stream(
+                TextPrompt(prompt_text, self._settings.max_tokens, stop), cancel, report
+            )
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    raw += chunk
+                    if ticket != slot.seq or ("\n" in chunk and self._enough(raw, ctx, on_partial)):
+                        break
+            text = _clean(raw, ctx)
+            outcome = "ok" if text else "empty"
+        except asyncio.CancelledError:  # $/cancelRequest
+            cancelled = True
+            raise
+        except BackendError:
+            self.counters.errors += 1
+            outcome = "error"
+            raise
+        finally:
+            cancelled = cancelled or ticket != slot.seq
+            if cancelled:
+                outcome = "cancelled"
+            if report.usage.prompt_tokens or outcome == "error":  # else it never reached the model
+                self._count_generation(outcome)
+                self._record(
+                    Entry(
+                        task="completion",
+                        backend=self._backend.name,
+                        model=self._backend.model,
+                        prompt_tokens=report.usage.prompt_tokens,
+                        completion_tokens=report.usage.completion_tokens,
+                        cached_tokens=report.usage.cached_tokens,
+                        estimated=report.usage.estimated,
+                        first_token_ms=None if report.first_token_s is None else report.first_token_s * 1000,
+                        total_ms=report.total_s * 1000,
+                        outcome=outcome,
+                        workspace=req.workspace,
+                        request_id=request_id,
+                    )
+                )
+        return None if cancelled else text
+
+    def _count_generation(self, outcome: str) -> None:
+        self.counters.generations += 1
+        if outcome == "cancelled":
+            self.counters.cancelledGenerations += 1
+
+    def _enough(self, raw: str, ctx: Context, on_partial: Callable[[str], None]) -> bool:
+        """Show each finished line at once; True when the block (or the single line) is done."""
+        finished = raw[: raw.rindex("\n")]
+        shown = _clean(finished, ctx)
+        if shown:
+            on_partial(shown)
+        if not ctx.multiline:
+            return True
+        return shown.count("\n") < finished.count("\n") or finished.count("\n") >= _MAX_LINES
+
+    def _answer(self, suggestion: Suggestion, req: Request, started: float) -> Suggestion:
+        self._latencies.append((time.perf_counter() - started) * 1000)
+        if req.selected is None:
+            return suggestion
+        sel = req.selected  # the ghost text must extend the selected item, over its range
+        return Suggestion(
+            sel.text + suggestion.text, sel.start, sel.end, suggestion.request_id, suggestion.from_cache
+        )
+
+
+def _clean(raw: str, ctx: Context) -> str:
+    return postprocess(
+        raw,
+        line_prefix=ctx.line_prefix,
+        line_suffix=ctx.line_suffix,
+        following=ctx.following,
+        multiline=ctx.multiline,
+    )
+
+
+def _line_suffix(text: str, cursor: int) -> str:
+    end = text.find("\n", cursor)
+    return text[cursor : len(text) if end < 0 else end]
+
+
+def _apply_selected(req: Request) -> Request:
+    """The document as it will be once the selected item is accepted, cursor after it."""
+    sel = req.selected
+    assert sel is not None
+    text = req.text[: sel.start] + sel.text + req.text[sel.end :]
+    return Request(req.uri, text, sel.start + len(sel.text), sel, req.invoked, req.workspace)
+
+
+def _typed_ahead(shown: _Shown | None, req: Request) -> Suggestion | None:
+    """The rest of the last suggestion when the user typed exactly its beginning."""
+    if shown is None or req.text[req.cursor :] != shown.suffix:
+        return None
+    prefix = req.text[: req.cursor]
+    if not prefix.startswith(shown.prefix):
+        return None
+    typed = prefix[len(shown.prefix) :]
+    if not shown.text.startswith(typed) or len(typed) >= len(shown.text):
+        return None
+    return Suggestion(shown.text[len(typed) :], req.cursor, req.cursor, shown.request_id, from_cache=True)

@@ -1,0 +1,136 @@
+"""Turn a raw model completion into ghost text that fits at the cursor."""
+
+from __future__ import annotations
+
+import re
+
+_CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
+_BLOCK_OPENER = re.compile(r"(?:[:{(\[]|=>|\bthen|\bdo)$")
+_CLOSING_LINE = re.compile(r"(?:[)\]}]|end\b)[)\]};,.\s]*")
+_CONTINUATION = re.compile(r"(?:[)\]}]|(?:else|elif|except|finally|catch|case|default)\b)")
+
+
+def _indent(line: str) -> int:
+    return len(line[: len(line) - len(line.lstrip())].expandtabs(4))
+
+
+def _opens_block(line: str) -> bool:
+    return _BLOCK_OPENER.search(line.rstrip()) is not None
+
+
+def is_block_start(line_prefix: str, previous_line: str, line_suffix: str) -> bool:
+    """True when multi-line ghost text fits: a blank line after a block opener, or an empty line."""
+    if line_prefix.strip() or line_suffix.strip():
+        return False
+    return line_prefix == "" or _opens_block(previous_line)
+
+
+def first_line(completion: str) -> str:
+    """The completion up to its first line break."""
+    return completion.split("\n", 1)[0]
+
+
+def trim_to_block(completion: str, line_prefix: str) -> str:
+    """The completion up to the end of the block it starts in, judged by indentation."""
+    lines = completion.split("\n")
+    landed = [line_prefix + lines[0], *lines[1:]]
+    reference = next((line for line in landed if line.strip()), None)
+    if reference is None:
+        return completion
+    base = _indent(reference)
+    went_deeper = False
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if not line.strip():
+            continue
+        indent = _indent(line)
+        closing = _CLOSING_LINE.fullmatch(line.strip()) is not None
+        if indent < base or (indent == base and went_deeper and closing):
+            # A closer at the parent level ends the block and belongs to it.
+            return "\n".join(lines[: i + 1] if closing else lines[:i])
+        if indent > base:
+            went_deeper = True
+        elif went_deeper and _opens_block(line) and not _CONTINUATION.match(line.strip()):
+            # Back at the starting level after a body, opening another block: a sibling definition.
+            return "\n".join(lines[:i])
+    return completion
+
+
+def drop_repeated_following(completion: str, following: str) -> str:
+    """The completion cut where its later lines repeat the lines after the cursor line."""
+    lines = completion.split("\n")
+    next_lines = [line.rstrip() for line in following.split("\n", len(lines))[: len(lines)] if line.strip()]
+    if not next_lines:
+        return completion
+    for i in range(1, len(lines)):
+        if not lines[i].strip():
+            continue
+        rest = [line.rstrip() for line in lines[i:] if line.strip()]
+        n = min(len(rest), len(next_lines))
+        last, expected = rest[n - 1], next_lines[n - 1]
+        # The completion's own last line may have been cut off by the token limit.
+        last_repeats = last == expected or (n == len(rest) and expected.startswith(last))
+        if rest[: n - 1] == next_lines[: n - 1] and last_repeats:
+            return "\n".join(lines[:i])
+    return completion
+
+
+def _open_brackets(text: str) -> list[str]:
+    stack: list[str] = []
+    for char in text:
+        if char in _CLOSER_OF:
+            stack.append(char)
+        elif stack and char == _CLOSER_OF[stack[-1]]:
+            stack.pop()
+    return stack
+
+
+def cut_outer_closer(completion: str, line_suffix: str) -> str:
+    """The completion cut before closing a bracket opened before the cursor that the line closes."""
+    stack: list[str] = []
+    for i, char in enumerate(completion):
+        if char in _CLOSER_OF:
+            stack.append(char)
+        elif stack and char == _CLOSER_OF[stack[-1]]:
+            stack.pop()
+        elif not stack and char in ")]}" and char in line_suffix:
+            return completion[:i]
+    return completion
+
+
+def drop_suffix_overlap(completion: str, line_suffix: str) -> str:
+    """The completion without a tail that repeats the start of the text after the cursor."""
+    text = completion.rstrip()
+    after = line_suffix.strip()
+    if not text or not after:
+        return completion
+    if text == after:
+        return ""
+    opened = _open_brackets(text)
+    for size in range(min(len(after), len(text)), 0, -1):
+        head = text[:-size]
+        kept = _open_brackets(head)
+        # A tail that closes a bracket the completion opened is not a repeat of the suffix.
+        if text.endswith(after[:size]) and opened[: len(kept)] == kept:
+            return head
+    return completion
+
+
+def strip_trailing_whitespace(completion: str) -> str:
+    """Each line without trailing whitespace, and no trailing blank lines."""
+    return "\n".join(line.rstrip() for line in completion.split("\n")).rstrip()
+
+
+def postprocess(
+    completion: str, *, line_prefix: str, line_suffix: str, following: str, multiline: bool
+) -> str:
+    """Clean a raw model completion for display as ghost text at the cursor."""
+    if multiline:
+        text = drop_repeated_following(trim_to_block(completion, line_prefix), following)
+    else:
+        text = first_line(completion)
+    text = drop_suffix_overlap(cut_outer_closer(text, line_suffix), line_suffix)
+    text = strip_trailing_whitespace(text)
+    if not text.strip() or text.strip() == line_suffix.strip():
+        return ""
+    return text

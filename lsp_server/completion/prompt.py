@@ -1,0 +1,177 @@
+"""FIM templates and KV-cache-friendly prompt windows for inline completion."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class FimTemplate:
+    """How one model family lays out a fill-in-the-middle prompt."""
+
+    family: str
+    """Family name, or "gguf" when the markers were read from the model's metadata."""
+    prefix: str
+    """Marker before the text preceding the cursor."""
+    suffix: str
+    """Marker before the text following the cursor."""
+    middle: str
+    """Marker after which the model writes the middle; empty for families without one."""
+    suffix_first: bool = False
+    """SPM layout: the suffix block comes before the prefix block."""
+    stop: tuple[str, ...] = ()
+    """Strings the family emits once the middle is done."""
+
+
+_BAR = "\uff5c"  # DeepSeek's markers use the fullwidth vertical line
+
+FAMILIES: dict[str, FimTemplate] = {
+    t.family: t
+    for t in (
+        FimTemplate(
+            "qwen2.5-coder",
+            "<|fim_prefix|>",
+            "<|fim_suffix|>",
+            "<|fim_middle|>",
+            stop=("<|endoftext|>", "<|file_sep|>", "<|fim_pad|>", "<|repo_name|>", "<|im_end|>"),
+        ),
+        # The pieces carry SentencePiece's space mark: that is their text in the vocabulary.
+        FimTemplate("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", stop=("<EOT>",)),
+        # Mistral's FIM encoding is [SUFFIX] suffix [PREFIX] prefix, with no middle marker.
+        FimTemplate("codestral", "[PREFIX]", "[SUFFIX]", "", suffix_first=True, stop=("</s>",)),
+        FimTemplate(
+            "starcoder",
+            "<fim_prefix>",
+            "<fim_suffix>",
+            "<fim_middle>",
+            stop=("<|endoftext|>", "<file_sep>", "<fim_pad>"),
+        ),
+        FimTemplate(
+            "deepseek-coder",
+            f"<{_BAR}fim▁begin{_BAR}>",
+            f"<{_BAR}fim▁hole{_BAR}>",
+            f"<{_BAR}fim▁end{_BAR}>",
+            stop=(f"<{_BAR}end▁of▁sentence{_BAR}>", "<|EOT|>"),
+        ),
+    )
+}
+
+# Matched against names lower-cased without punctuation: "Qwen2.5-Coder-7B" -> "qwen25coder7b".
+_NAME_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("codestral", re.compile(r"codestral")),
+    ("codellama", re.compile(r"codellama")),
+    ("starcoder", re.compile(r"starcoder")),
+    ("deepseek-coder", re.compile(r"deepseek.*coder")),
+    ("qwen2.5-coder", re.compile(r"qwen.*coder")),
+)
+_NAME_KEYS = ("general.basename", "general.name", "general.architecture")
+_STOP_KEYS = ("eos", "eot", "fim_pad", "fim_rep", "fim_sep")
+
+
+def _guess_family(names: list[str]) -> FimTemplate | None:
+    for name in names:
+        flat = re.sub(r"[^a-z0-9]", "", name.lower())
+        for family, pattern in _NAME_RULES:
+            if pattern.search(flat):
+                return FAMILIES[family]
+    return None
+
+
+def template_from_gguf(
+    metadata: Mapping[str, str], token_text: Callable[[int], str], model_name: str
+) -> FimTemplate | None:
+    """FIM template from GGUF `fim_*_token_id` metadata, else guessed from names; None: no FIM."""
+    guess = _guess_family([metadata[k] for k in _NAME_KEYS if k in metadata] + [model_name])
+    marker_keys = [f"tokenizer.ggml.fim_{k}_token_id" for k in ("pre", "suf", "mid")]
+    if not all(k in metadata for k in marker_keys):
+        return guess
+    pre, suf, mid = (token_text(int(metadata[k])) for k in marker_keys)
+    stop_keys = [f"tokenizer.ggml.{k}_token_id" for k in _STOP_KEYS]
+    stops = [token_text(int(metadata[k])) for k in stop_keys if k in metadata]
+    if guess is None:
+        return FimTemplate("gguf", pre, suf, mid, stop=tuple(dict.fromkeys(stops)))
+    # The metadata names the markers; the family knows the order it was trained with.
+    return replace(
+        guess,
+        family="gguf",
+        prefix=pre,
+        suffix=suf,
+        middle=mid if guess.middle else "",
+        stop=tuple(dict.fromkeys([*guess.stop, *stops])),
+    )
+
+
+def marker_problems(template: FimTemplate, tokenize: Callable[[str], list[int]]) -> list[str]:
+    """One human-readable line per FIM marker that does not tokenize to exactly one token."""
+    problems = []
+    for role, marker in (
+        ("prefix", template.prefix),
+        ("suffix", template.suffix),
+        ("middle", template.middle),
+    ):
+        if not marker:
+            continue
+        ids = tokenize(marker)
+        if len(ids) != 1:
+            problems.append(
+                f"{template.family} {role} marker {marker!r} is {len(ids)} tokens, not one:"
+                " the model's vocabulary lacks it, so fill-in-the-middle will not work"
+            )
+    return problems
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A completion prompt and the part of the document it covers."""
+
+    text: str
+    """The prompt; markers appear as text, to be tokenized with special tokens parsed."""
+    prefix_start: int
+    """Document offset where the prompt's prefix begins."""
+    suffix_end: int
+    """Document offset where the prompt's suffix ends (the cursor when there is no suffix)."""
+
+
+def _suffix_window(text: str, cursor: int, budget: int) -> str:
+    window = text[cursor : cursor + budget]
+    if cursor + budget >= len(text):
+        return window
+    cut = window.rfind("\n")
+    return window[: cut + 1] if cut >= 0 else window
+
+
+def _prefix_start(text: str, cursor: int, budget: int) -> int:
+    if cursor <= budget:
+        return 0
+    # Snap the start to a coarse grid so it stays put while the user types at the
+    # cursor: llama.cpp reuses the KV cache only for the common leading tokens.
+    step = max(1, budget // 2)
+    start = -(-(cursor - budget) // step) * step
+    newline = text.find("\n", start - 1, cursor)
+    if newline < 0 or newline + 1 == cursor:
+        # A line longer than the budget: cut it mid-line rather than send no prefix.
+        return start
+    return newline + 1
+
+
+def build_prompt(
+    text: str,
+    cursor: int,
+    template: FimTemplate | None,
+    budget_tokens: int,
+    chars_per_token: float = 3.2,
+) -> Prompt:
+    """The prompt for `cursor` in `text`: about `budget_tokens` of document plus the markers."""
+    budget = int(budget_tokens * chars_per_token)
+    suffix = "" if template is None else _suffix_window(text, cursor, budget // 4)
+    start = _prefix_start(text, cursor, budget - len(suffix))
+    prefix = text[start:cursor]
+    if template is None:
+        body = prefix
+    elif template.suffix_first:
+        body = f"{template.suffix}{suffix}{template.prefix}{prefix}{template.middle}"
+    else:
+        body = f"{template.prefix}{prefix}{template.suffix}{suffix}{template.middle}"
+    return Prompt(body, start, cursor + len(suffix))

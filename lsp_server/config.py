@@ -1,0 +1,254 @@
+"""Wire options (camelCase, as editors send them) resolved into frozen settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Multiline = Literal["auto", "always", "never"]
+Route = Literal["local", "cloud", "auto"]
+TASKS = ("completion", "explain", "debug", "refactor")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; every field has a default."""
+
+    model_path: str | None = None
+    """GGUF file of the local completion model; None means the embedded default."""
+    n_gpu_layers: int = -1
+    """Layers offloaded to the GPU; -1 offloads all (ignored on a CPU-only build)."""
+    context_size: int = 4096
+    """Context window of the local model in tokens."""
+    flash_attention: bool = True
+    """Use flash attention where the build supports it."""
+    threads: int | None = None
+    """CPU threads for the local model; None lets llama.cpp choose."""
+    debounce_ms: int | None = None
+    """Fixed debounce before a completion starts; None adapts to typing speed."""
+    multiline: Multiline = "auto"
+    """Multi-line ghost text: at block starts (auto), always, or never."""
+    max_tokens: int = 96
+    """Most tokens generated for one completion."""
+    prompt_tokens: int = 1536
+    """Token budget of the completion prompt (prefix and suffix together)."""
+    enabled: bool = True
+    """Inline completions on or off."""
+    local_endpoint: str | None = None
+    """OpenAI-compatible server (vLLM, llama-server, a team fleet) that serves completions."""
+    cloud_model: str = "gpt-4o"
+    """Cloud chat model for explain / debug / refactor."""
+    cloud_base_url: str | None = None
+    """OpenAI-compatible base URL; None uses OPENAI_BASE_URL or the SDK's default."""
+    daily_budget_usd: float | None = None
+    """Cloud spend allowed per day; None is unlimited."""
+    monthly_budget_usd: float | None = None
+    """Cloud spend allowed per calendar month; None is unlimited."""
+    over_budget: Literal["local", "refuse"] = "local"
+    """What a cloud request over budget does: fall back to the local model, or refuse."""
+    routes: tuple[tuple[str, Route], ...] = (
+        ("completion", "local"),
+        ("explain", "auto"),
+        ("debug", "auto"),
+        ("refactor", "auto"),
+    )
+    """Which side serves each task; auto sends commands to the cloud when a key is set."""
+    cloud_deny: tuple[str, ...] = (".env*", "*.pem", "*.key", "id_rsa*", "secrets.*")
+    """Globs of files whose text never goes to the cloud."""
+    prices: tuple[tuple[str, float, float], ...] = ()
+    """Price overrides per model: (model, input USD per 1M tokens, output USD per 1M tokens)."""
+    energy_usd_per_hour: float | None = None
+    """Optional estimate of what running the local model costs per hour of generation."""
+
+    def route(self, task: str) -> Route:
+        """The configured route of a task."""
+        return dict(self.routes).get(task, "auto")
+
+
+# wire key -> (field name, coerce); coerce raises ValueError/TypeError on a bad value.
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected an integer")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _optional_path(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("expected a file path")
+    return os.path.expanduser(value)
+
+
+def _debounce(value: Any) -> int | None:
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5000:
+        raise ValueError('expected "auto" or milliseconds between 0 and 5000')
+    return value
+
+
+def _multiline(value: Any) -> Multiline:
+    if value not in ("auto", "always", "never"):
+        raise ValueError('expected "auto", "always" or "never"')
+    return value  # type: ignore[no-any-return]
+
+
+def _optional_threads(value: Any) -> int | None:
+    return None if value is None else _positive_int(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _model(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a model name")
+    return value
+
+
+def _optional_usd(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("expected a non-negative amount in USD")
+    return float(value)
+
+
+def _over_budget(value: Any) -> str:
+    if value not in ("local", "refuse"):
+        raise ValueError('expected "local" or "refuse"')
+    return str(value)
+
+
+def _routes(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping) or any(
+        task not in TASKS or route not in ("local", "cloud", "auto") for task, route in value.items()
+    ):
+        raise ValueError(f"expected an object mapping {', '.join(TASKS)} to local, cloud or auto")
+    merged = dict(Settings.routes) | dict(value)
+    return tuple(merged.items())
+
+
+def _globs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(g, str) and g for g in value):
+        raise ValueError("expected a list of glob patterns")
+    return tuple(value)
+
+
+def _prices(value: Any) -> tuple[tuple[str, float, float], ...]:
+    """`{"my-model": {"input": 0.5, "output": 1.5}}`, USD per million tokens."""
+    if not isinstance(value, Mapping):
+        raise ValueError('expected {"model": {"input": USD, "output": USD}}')
+    rows = []
+    for model, price in value.items():
+        if not isinstance(price, Mapping) or not all(
+            isinstance(price.get(k), (int, float)) and not isinstance(price.get(k), bool) and price[k] >= 0
+            for k in ("input", "output")
+        ):
+            raise ValueError(f"price of {model!r} needs non-negative input and output")
+        rows.append((str(model), float(price["input"]), float(price["output"])))
+    return tuple(rows)
+
+
+_WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "local.modelPath": ("model_path", _optional_path),
+    "local.nGpuLayers": ("n_gpu_layers", _int),
+    "local.contextSize": ("context_size", _positive_int),
+    "local.flashAttention": ("flash_attention", _bool),
+    "local.threads": ("threads", _optional_threads),
+    "completion.debounceMs": ("debounce_ms", _debounce),
+    "completion.multiline": ("multiline", _multiline),
+    "completion.maxTokens": ("max_tokens", _positive_int),
+    "completion.promptTokens": ("prompt_tokens", _positive_int),
+    "completion.enabled": ("enabled", _bool),
+    "local.endpoint": ("local_endpoint", _optional_str),
+    "local.energyUsdPerHour": ("energy_usd_per_hour", _optional_usd),
+    "cloud.model": ("cloud_model", _model),
+    "cloud.baseUrl": ("cloud_base_url", _optional_str),
+    "cloud.dailyBudgetUsd": ("daily_budget_usd", _optional_usd),
+    "cloud.monthlyBudgetUsd": ("monthly_budget_usd", _optional_usd),
+    "cloud.overBudget": ("over_budget", _over_budget),
+    "cloud.prices": ("prices", _prices),
+    "routes": ("routes", _routes),
+    "privacy.cloudDeny": ("cloud_deny", _globs),
+}
+
+
+_OBJECT_KEYS = {"routes", "cloud.prices"}
+
+
+def _flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Accept nested objects (`{"local": {"modelPath": …}}`) and dotted keys alike."""
+    flat: dict[str, Any] = {}
+    for key, value in options.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and name not in _OBJECT_KEYS:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def resolve(
+    options: Mapping[str, Any] | None, env: Mapping[str, str] | None = None
+) -> tuple[Settings, list[str]]:
+    """Resolve wire options into settings; each bad value becomes a problem and its default."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    if env.get("TANDEM_MODEL"):
+        values["model_path"] = os.path.expanduser(env["TANDEM_MODEL"])
+    for key, value in _flatten(options or {}).items():
+        if key not in _WIRE:
+            continue  # keys of other features or newer clients are not errors
+        name, coerce = _WIRE[key]
+        try:
+            coerced = coerce(value)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"tandem setting {key}={value!r} ignored: {exc}")
+            continue
+        if name == "model_path" and coerced is None:
+            continue  # an empty setting leaves TANDEM_MODEL or the default in place
+        values[name] = coerced
+    return Settings(**values), problems
+
+
+def data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where tandem keeps its ledger and logs (`TANDEM_DATA_DIR`, else the platform's data dir)."""
+    env = os.environ if env is None else env
+    if env.get("TANDEM_DATA_DIR"):
+        return Path(env["TANDEM_DATA_DIR"]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("tandem", appauthor=False))
+
+
+def cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where tandem keeps files it can recreate, such as the assembled embedded model."""
+    env = os.environ if env is None else env
+    if env.get("TANDEM_CACHE_DIR"):
+        return Path(env["TANDEM_CACHE_DIR"]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("tandem", appauthor=False))

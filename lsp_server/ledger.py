@@ -1,0 +1,533 @@
+"""The token ledger: every request's tokens, latency, cost and outcome, in SQLite."""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from lsp_server.prices import Prices
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+LOCAL_BACKENDS = ("local", "endpoint")
+"""Backends on the user's own hardware: their tokens count as served locally."""
+REFERENCE_MODEL = "gpt-4o"
+"""The cloud model whose prices say what local tokens saved."""
+BUSY_TIMEOUT_S = 5.0
+"""How long one write waits for another process holding the ledger's write lock."""
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE requests (
+            request_id TEXT PRIMARY KEY,
+            time REAL NOT NULL,
+            task TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            estimated INTEGER NOT NULL DEFAULT 0,
+            first_token_ms REAL,
+            total_ms REAL NOT NULL DEFAULT 0,
+            outcome TEXT NOT NULL,
+            workspace TEXT NOT NULL DEFAULT '',
+            cost_usd REAL NOT NULL DEFAULT 0,
+            accepted INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX requests_time ON requests (time)",
+    ),
+)
+"""Schema migrations: entry i upgrades `PRAGMA user_version` i to i + 1. Append; never edit."""
+
+COLUMNS = (
+    "request_id",
+    "time",
+    "task",
+    "backend",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "estimated",
+    "first_token_ms",
+    "total_ms",
+    "outcome",
+    "workspace",
+    "cost_usd",
+    "accepted",
+)
+"""The columns `Ledger.rows` yields, in order."""
+
+_INSERT = (
+    f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS[:-1])}) "
+    f"VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
+)
+_ACCEPT = "UPDATE requests SET accepted = 1 WHERE request_id = ?"
+_GROUPED = """
+    SELECT backend, model, task, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),
+           SUM(cached_tokens), SUM(cost_usd)
+    FROM requests WHERE time >= ? GROUP BY backend, model, task ORDER BY backend, model, task
+"""
+_ACCEPTANCE = """
+    SELECT model, COUNT(*), SUM(accepted) FROM requests
+    WHERE task = 'completion' AND outcome = 'ok' GROUP BY model ORDER BY model
+"""
+_SPENT = "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE time >= ? AND backend != 'local'"
+_BATCH = 500
+_BUSY_RETRIES = 2
+_PAGE = 1000
+_CALL_TIMEOUT_S = 30.0
+
+# SQLite primary result codes (extended codes carry them in the low byte).
+_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+# PERM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL, NOLFS, AUTH: the file cannot be used.
+_STORAGE_CODES = {3, 8, 10, 13, 14, 15, 22, 23}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One request as the ledger records it."""
+
+    task: str
+    backend: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    estimated: bool = False
+    first_token_ms: float | None = None
+    total_ms: float = 0.0
+    outcome: str = "ok"
+    workspace: str = ""
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    time: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Call(Generic[_T]):
+    fn: Callable[[sqlite3.Connection], _T]
+    future: Future[_T]
+
+
+_Write = tuple[str, tuple[Any, ...]]
+_Item = _Write | _Call[Any] | None
+
+
+def default_path(data_dir: Path) -> Path:
+    """Where the ledger lives inside tandem's data directory."""
+    return data_dir / "ledger.sqlite3"
+
+
+def day_bounds(now: float) -> tuple[float, float]:
+    """Start and end (unix seconds) of the local calendar day holding `now`."""
+    today = datetime.fromtimestamp(now).date()
+    return _midnight(today), _midnight(today + timedelta(days=1))
+
+
+def month_bounds(now: float) -> tuple[float, float]:
+    """Start and end (unix seconds) of the local calendar month holding `now`."""
+    first = datetime.fromtimestamp(now).date().replace(day=1)
+    return _midnight(first), _midnight((first + timedelta(days=32)).replace(day=1))
+
+
+def _midnight(day: date) -> float:
+    return datetime(day.year, day.month, day.day).timestamp()
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database to the newest schema; safe when several processes open it at once."""
+    if _version(conn) >= len(MIGRATIONS):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _version(conn)  # another process may have migrated while we waited
+        for steps in MIGRATIONS[version:]:
+            for statement in steps:
+                conn.execute(statement)
+        if version < len(MIGRATIONS):
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _kind(exc: sqlite3.Error | OSError) -> str | None:
+    """busy, corrupt or storage (cannot read or write the file); None for anything else."""
+    if isinstance(exc, OSError):
+        return "storage"
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # Python 3.10 exceptions carry no result code
+        if "locked" in str(exc):
+            return "busy"
+        if type(exc) is sqlite3.DatabaseError:
+            return "corrupt"
+        return "storage" if isinstance(exc, sqlite3.OperationalError) else None
+    code &= 0xFF
+    if code in _BUSY_CODES:
+        return "busy"
+    if code in _CORRUPT_CODES:
+        return "corrupt"
+    return "storage" if code in _STORAGE_CODES else None
+
+
+class Ledger:
+    """The token ledger of one process; several processes may share its file."""
+
+    def __init__(
+        self, path: Path, prices: Prices, *, on_problem: Callable[[str], None] = _log.warning
+    ) -> None:
+        """Open (creating, migrating) the ledger; never raises for a bad file or a full disk.
+
+        Each problem is reported once through on_problem (called from the writer thread; it must
+        not raise) and the ledger keeps working: a corrupt file is moved aside to
+        `<name>.corrupt-<timestamp>` and a new one started; if it cannot write at all, it keeps
+        rows in memory and says so.
+        """
+        self.path = path
+        self._prices = prices
+        self._on_problem = on_problem
+        self._reported: set[str] = set()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._conn: sqlite3.Connection | None = None
+        self._in_memory = False
+        self._moved_aside = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tandem-ledger", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    @property
+    def in_memory(self) -> bool:
+        """True once the file could not be written and rows are kept in memory only."""
+        return self._in_memory
+
+    def record(self, entry: Entry) -> None:
+        """Queue a row and return at once (a writer thread owns the connection); prices it here."""
+        if self._closed:
+            _log.warning("ledger closed; request %s not recorded", entry.request_id)
+            return
+        if entry.backend == "local":
+            cost = self._prices.energy_cost(entry.total_ms)
+        else:
+            cost = self._prices.cost(
+                entry.model, entry.prompt_tokens, entry.completion_tokens, entry.cached_tokens
+            )
+        self._queue.put(
+            (
+                _INSERT,
+                (
+                    entry.request_id,
+                    entry.time,
+                    entry.task,
+                    entry.backend,
+                    entry.model,
+                    entry.prompt_tokens,
+                    entry.completion_tokens,
+                    entry.cached_tokens,
+                    entry.estimated,
+                    entry.first_token_ms,
+                    entry.total_ms,
+                    entry.outcome,
+                    entry.workspace,
+                    cost,
+                ),
+            )
+        )
+
+    def record_acceptance(self, request_id: str) -> None:
+        """Mark a completion as accepted by the user (the editor ran the item's command)."""
+        if not self._closed:
+            self._queue.put((_ACCEPT, (request_id,)))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything recorded so far is written; raises TimeoutError after `timeout`."""
+        if not self._closed:
+            self._call(lambda conn: None, timeout)
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer thread; later records are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        self._queue.put(None)
+        # A writer stuck behind another process's lock must not hang shutdown.
+        self._thread.join(BUSY_TIMEOUT_S * (_BUSY_RETRIES + 1) + 1)
+        if self._thread.is_alive():
+            _log.warning("ledger writer did not finish within its timeout; rows may be lost")
+
+    def spent_usd(self, since: float) -> float:
+        """USD spent since a unix time: every row's cost but the local model's energy estimate."""
+        row = self._call(lambda conn: conn.execute(_SPENT, (since,)).fetchone())
+        return float(row[0])
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every recorded request, oldest first, keyed by `COLUMNS`."""
+        after = 0
+        while True:
+            page = self._call(functools.partial(_page, after=after))
+            if not page:
+                return
+            for _rowid, *values in page:
+                yield dict(zip(COLUMNS, values, strict=True))
+            after = page[-1][0]
+
+    def report(self, now: float | None = None) -> dict[str, Any]:
+        """Everything `tandem usage --json` prints.
+
+        `totals` (all time) and each of `periods` (today, thisMonth, allTime in local time) hold
+        rows of backend, model, kind (the task), requests, promptTokens, completionTokens,
+        cachedTokens, costUsd. `acceptance` counts completions with outcome "ok" as shown.
+        """
+        now = time.time() if now is None else now
+        starts = {
+            "today": day_bounds(now)[0],
+            "thisMonth": month_bounds(now)[0],
+            "allTime": float("-inf"),
+        }
+
+        def query(conn: sqlite3.Connection) -> tuple[dict[str, list[Any]], list[Any]]:
+            grouped = {name: conn.execute(_GROUPED, (since,)).fetchall() for name, since in starts.items()}
+            return grouped, conn.execute(_ACCEPTANCE).fetchall()
+
+        grouped, acceptance = self._call(query)
+        periods = {name: self._period(rows) for name, rows in grouped.items()}
+        everything = periods["allTime"]
+        return {
+            "totals": everything["rows"],
+            "periods": {
+                name: {"since": None if name == "allTime" else starts[name], **period}
+                for name, period in periods.items()
+            },
+            "localShare": everything["localShare"],
+            "savedUsd": everything["savedUsd"],
+            "referenceModel": REFERENCE_MODEL,
+            "acceptance": [
+                {"model": model, "shown": shown, "accepted": accepted, "rate": accepted / shown}
+                for model, shown, accepted in acceptance
+            ],
+            "unpricedModels": sorted(
+                {
+                    row["model"]
+                    for row in everything["rows"]
+                    if row["backend"] == "cloud" and self._prices.price(row["model"]) is None
+                }
+            ),
+            "pricesDate": self._prices.date,
+            "ledger": str(self.path),
+            "inMemory": self._in_memory,
+        }
+
+    def _period(self, grouped: list[Any]) -> dict[str, Any]:
+        rows = [
+            {
+                "backend": backend,
+                "model": model,
+                "kind": task,
+                "requests": requests,
+                "promptTokens": prompt,
+                "completionTokens": completion,
+                "cachedTokens": cached,
+                "costUsd": round(cost, 6),
+            }
+            for backend, model, task, requests, prompt, completion, cached, cost in grouped
+        ]
+        local = [row for row in rows if row["backend"] in LOCAL_BACKENDS]
+        tokens = sum(row["promptTokens"] + row["completionTokens"] for row in rows)
+        local_tokens = sum(row["promptTokens"] + row["completionTokens"] for row in local)
+        # What the same tokens would have cost on the reference model, less what they did cost.
+        saved = sum(
+            self._prices.cost(
+                REFERENCE_MODEL, row["promptTokens"], row["completionTokens"], row["cachedTokens"]
+            )
+            - row["costUsd"]
+            for row in local
+        )
+        return {
+            "rows": rows,
+            "requests": sum(row["requests"] for row in rows),
+            "promptTokens": sum(row["promptTokens"] for row in rows),
+            "completionTokens": sum(row["completionTokens"] for row in rows),
+            "costUsd": round(sum(row["costUsd"] for row in rows), 6),
+            "localShare": local_tokens / tokens if tokens else 0.0,
+            "savedUsd": round(saved, 6),
+        }
+
+    def _call(self, fn: Callable[[sqlite3.Connection], _T], timeout: float = _CALL_TIMEOUT_S) -> _T:
+        """Run `fn` on the writer thread after everything queued before it."""
+        if self._closed:
+            raise RuntimeError(f"the ledger {self.path} is closed")
+        future: Future[_T] = Future()
+        self._queue.put(_Call(fn, future))
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:  # not the builtin before Python 3.11
+            raise TimeoutError(f"the ledger writer did not answer within {timeout} s") from None
+
+    def _run(self) -> None:
+        self._attempt(lambda conn: None)
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            writes: list[_Write] = []
+            for item in batch:
+                if isinstance(item, tuple):
+                    writes.append(item)
+                    continue
+                self._commit(writes)
+                writes = []
+                if item is None:
+                    self._close_connection()
+                    return
+                self._serve(item)
+            self._commit(writes)
+
+    def _commit(self, writes: list[_Write]) -> None:
+        if not writes:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in writes:
+                    conn.execute(sql, params)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
+        try:
+            self._attempt(write)
+        except sqlite3.Error as exc:  # only when even the in-memory ledger refuses
+            self._problem("lost", f"tandem could not record {len(writes)} ledger rows: {exc}")
+
+    def _serve(self, call: _Call[Any]) -> None:
+        try:
+            result = self._attempt(call.fn)
+        except Exception as exc:  # handed to the caller waiting on the future
+            call.future.set_exception(exc)
+        else:
+            call.future.set_result(result)
+
+    def _attempt(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `op`, recovering from a busy, corrupt or unwritable file (each at most once)."""
+        busy = 0
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = self._open()
+                return op(self._conn)
+            except (sqlite3.Error, OSError) as exc:
+                kind = _kind(exc)
+                if self._in_memory or kind is None:
+                    raise
+                if kind == "busy" and busy < _BUSY_RETRIES:
+                    busy += 1
+                    continue
+                if kind == "corrupt" and not self._moved_aside:
+                    self._close_connection()
+                    self._move_aside(exc)
+                else:
+                    self._to_memory(exc)
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL survives a killed process; only an OS crash may lose the last commits.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self, cause: sqlite3.Error | OSError) -> None:
+        self._moved_aside = True
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S.%f")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:
+            return  # another process sharing the file moved it first
+        except OSError as exc:
+            self._to_memory(exc)
+            return
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        self._problem(
+            "corrupt",
+            f"tandem's token ledger {self.path} could not be read ({cause}); "
+            f"moved it to {aside.name} and started a new one.",
+        )
+
+    def _to_memory(self, cause: sqlite3.Error | OSError) -> None:
+        memory = sqlite3.connect(":memory:", isolation_level=None)
+        if self._conn is not None:
+            try:
+                self._conn.backup(memory)  # keep the history that can still be read
+            except sqlite3.Error:
+                memory.close()
+                memory = sqlite3.connect(":memory:", isolation_level=None)
+            self._close_connection()
+        migrate(memory)
+        self._conn = memory
+        self._in_memory = True
+        self._problem(
+            "memory",
+            f"tandem cannot write its token ledger {self.path} ({cause}); "
+            "usage is kept in memory from now on and is lost when the server stops.",
+        )
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _problem(self, key: str, message: str) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            self._on_problem(message)
+
+
+def _page(conn: sqlite3.Connection, after: int) -> list[Any]:
+    return conn.execute(
+        f"SELECT rowid, {', '.join(COLUMNS)} FROM requests WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        (after, _PAGE),
+    ).fetchall()

@@ -1,0 +1,256 @@
+"""What may leave the machine: cloud deny rules, secret redaction, and the audit log of what did."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+IGNORE_FILE = ".tandemignore"
+
+
+def cloud_denied(path: str, root: str | None, deny_globs: Sequence[str]) -> str | None:
+    """Why the file at `path` must not go to the cloud, or None when it may."""
+    name = os.path.basename(path)
+    rel = _relative(path, root)
+    for glob in deny_globs:
+        if fnmatchcase(name, glob) or (rel is not None and fnmatchcase(rel, glob)):
+            return f"{rel or name} matches the cloud deny pattern {glob!r} (privacy.cloudDeny)"
+    if root is None or rel is None:
+        return None
+    line = _ignored_by(rel, _read_ignore_file(Path(root) / IGNORE_FILE))
+    if line is not None:
+        return f"{rel} is listed in {IGNORE_FILE} ({line!r})"
+    return None
+
+
+def _relative(path: str, root: str | None) -> str | None:
+    if root is None:
+        return None
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    if rel == os.curdir or rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+        return None
+    return Path(rel).as_posix()
+
+
+def _read_ignore_file(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _ignored_by(rel: str, lines: Sequence[str]) -> str | None:
+    """The last gitignore-style line deciding `rel`, if it ignores it."""
+    parts = rel.split("/")
+    dirs = ["/".join(parts[:i]) for i in range(1, len(parts))]
+    decided: str | None = None
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:] if negate else line
+        body = pattern.rstrip("/")
+        dir_only = body != pattern
+        anchored = "/" in body
+        regex = re.compile(("" if anchored else "(?:.*/)?") + _glob_regex(body.lstrip("/")))
+        candidates = dirs if dir_only else [*dirs, rel]
+        if any(regex.fullmatch(candidate) for candidate in candidates):
+            decided = None if negate else line
+    return decided
+
+
+def _glob_regex(glob: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif glob[i] == "[" and (close := glob.find("]", i + 2)) != -1:
+            body = glob[i + 1 : close]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = close + 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return "".join(out)
+
+
+# Order is priority: a span claimed by an earlier pattern is not matched again by a later one.
+# Each pattern's group "s" is the secret that is replaced.
+_KEYWORDS = (
+    r"password|passwd|pwd|passphrase|secret|token|api_?key|apikey|access_?key|private_?key"
+    r"|credentials?|auth"
+)
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (
+        "private_key",
+        re.compile(
+            r"(?P<s>-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+            # A key cut off by the context window is still a key: redact to the end.
+            r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|[\s\S]*\Z))"
+        ),
+    ),
+    ("anthropic_key", re.compile(r"(?<![\w-])(?P<s>sk-ant-[A-Za-z0-9_-]{20,})")),
+    ("openai_key", re.compile(r"(?<![\w-])(?P<s>sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,})")),
+    ("stripe_key", re.compile(r"(?<![\w-])(?P<s>(?:sk|rk)_live_[0-9A-Za-z]{16,})")),
+    (
+        "aws_access_key",
+        re.compile(r"(?<![A-Za-z0-9])(?P<s>(?:AKIA|ASIA)[0-9A-Z]{16})(?![A-Za-z0-9])"),
+    ),
+    (
+        "aws_secret_key",
+        re.compile(
+            r"(?i:aws[\w.-]{0,30}?(?:secret|sk)[\w.-]{0,30}?)[\"']?\s*(?::|=|:=|=>)\s*[\"']?"
+            r"(?P<s>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"
+        ),
+    ),
+    ("github_token", re.compile(r"(?<![\w-])(?P<s>(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,})")),
+    ("github_token", re.compile(r"(?<![\w-])(?P<s>github_pat_[A-Za-z0-9_]{22,})")),
+    ("slack_token", re.compile(r"(?<![\w-])(?P<s>xox[abposr]-[A-Za-z0-9-]{10,})")),
+    ("google_api_key", re.compile(r"(?<![\w-])(?P<s>AIza[0-9A-Za-z_-]{35})(?![\w-])")),
+    (
+        "jwt",
+        re.compile(r"(?<![\w-])(?P<s>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"),
+    ),
+    (
+        "connection_string",
+        re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*:(?P<s>[^\s@/'\"]+)@"),
+    ),
+    (
+        "secret_assignment",
+        re.compile(
+            rf"(?i:{_KEYWORDS})\b[\"']?"
+            # an optional type annotation: `password: str = "..."`
+            r"(?:\s*:\s*[A-Za-z_][\w\[\]., |]*?)?\s*(?::|=|:=|=>)\s*"
+            r"(?:\"(?P<dq>[^\"\n]+)\"|'(?P<sq>[^'\n]+)')"
+        ),
+    ),
+)
+# Values that only name a secret held elsewhere: `${DB_PASS}`, `{password}`, `%(pw)s`, `<your key>`.
+_TEMPLATE = re.compile(r"\$\{[^}]*\}|\{\{?[^}]*\}\}?|%(?:\(\w+\))?[sd]|<[^>]*>")
+_PLACEHOLDER = re.compile(r"<<SECRET_\d+>>")
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """Text with secrets replaced by placeholders, and the originals to put back."""
+
+    text: str
+    placeholders: dict[str, str]
+    """Placeholder -> original secret."""
+    kinds: list[str]
+    """Kinds of secret found, each once, in order of first appearance."""
+    spans: tuple[tuple[int, int, int, int], ...] = field(default=(), repr=False)
+    """(original start, original end, redacted start, redacted end) of each replacement."""
+
+    def map_offset(self, pos: int, *, end: bool = False) -> int:
+        """Where offset `pos` of the original text lies in the redacted text.
+
+        An offset inside a replaced secret maps to the start of its placeholder, or to its end
+        when `end` is set, so a selection never cuts a placeholder in two.
+        """
+        i = bisect.bisect_right([s[0] for s in self.spans], pos) - 1
+        if i < 0:
+            return pos
+        start, stop, new_start, new_stop = self.spans[i]
+        if pos >= stop:
+            return new_stop + (pos - stop)
+        if pos == start:
+            return new_start
+        return new_stop if end else new_start
+
+
+def redact(text: str, known: Redaction | None = None) -> Redaction:
+    """Replace secrets in `text` with stable placeholders, continuing the numbering of `known`."""
+    claimed: list[tuple[int, int, str]] = []
+    for kind, pattern in _PATTERNS:
+        for match in pattern.finditer(text):
+            group = next(g for g in ("s", "dq", "sq") if g in match.re.groupindex and match.group(g))
+            start, stop = match.span(group)
+            value = match.group(group)
+            if _TEMPLATE.fullmatch(value) or _PLACEHOLDER.fullmatch(value):
+                continue
+            if any(start < c_stop and c_start < stop for c_start, c_stop, _ in claimed):
+                continue
+            claimed.append((start, stop, kind))
+    claimed.sort()
+
+    placeholders = dict(known.placeholders) if known else {}
+    by_value = {v: k for k, v in placeholders.items()}
+    kinds = list(known.kinds) if known else []
+    out: list[str] = []
+    spans: list[tuple[int, int, int, int]] = []
+    pos = length = 0
+    for start, stop, kind in claimed:
+        value = text[start:stop]
+        if value not in by_value:
+            by_value[value] = f"<<SECRET_{len(by_value) + 1}>>"
+            placeholders[by_value[value]] = value
+        if kind not in kinds:
+            kinds.append(kind)
+        out.append(text[pos:start])
+        length += start - pos
+        spans.append((start, stop, length, length + len(by_value[value])))
+        out.append(by_value[value])
+        length += len(by_value[value])
+        pos = stop
+    out.append(text[pos:])
+    return Redaction("".join(out), placeholders, kinds, tuple(spans))
+
+
+def restore(text: str, redaction: Redaction) -> str:
+    """Put the original secrets back where their placeholders appear in `text`."""
+    return _PLACEHOLDER.sub(lambda m: redaction.placeholders.get(m.group(), m.group()), text)
+
+
+class AuditLog:
+    """Append-only JSON-lines record of what was sent to the cloud; never holds a secret."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def write(
+        self,
+        model: str,
+        uri: str,
+        bytes_sent: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        redacted_kinds: Sequence[str],
+    ) -> None:
+        """Append one record with the current time."""
+        record = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": model,
+            # A URI can carry credentials (https://user:token@host/...).
+            "uri": redact(uri).text,
+            "bytesSent": bytes_sent,
+            "promptTokens": prompt_tokens,
+            "completionTokens": completion_tokens,
+            "redacted": list(redacted_kinds),
+        }
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line)

@@ -1,0 +1,90 @@
+"""Fixtures shared by the test tiers: the real server over stdio with a real LSP client."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The capabilities real editors send: VS Code speaks utf-16 positions, Neovim 0.11 utf-8.
+EDITORS = ["visual-studio-code", "neovim@v0.11.0"]
+
+
+class Client(LanguageClient):
+    """pytest-lsp's client, also collecting tandem's ghost-text notifications."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ghost_text: list[dict[str, Any]] = []
+        self.server_capabilities: types.ServerCapabilities | None = None
+
+
+def _client_factory() -> Client:
+    client = Client()
+
+    @client.feature("tandem/ghostText")
+    def ghost_text(client: Client, params: Any) -> None:
+        client.ghost_text.append(_plain(params))
+
+    from pytest_lsp.client import register_lsp_features
+
+    register_lsp_features(client)
+    return client
+
+
+def _plain(value: Any) -> Any:
+    """pygls hands notification params over as namedtuples; tests compare plain dicts."""
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+async def start_client(
+    data_dir: Path,
+    editor: str = "visual-studio-code",
+    options: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> Client:
+    """Start `tandem serve` as a subprocess and initialize it as `editor` would."""
+    config = ClientServerConfig(
+        server_command=[sys.executable, "-m", "lsp_server", "serve"],
+        server_env={**os.environ, "TANDEM_DATA_DIR": str(data_dir), **(env or {})},
+        client_factory=_client_factory,
+    )
+    client = await config.start()
+    assert isinstance(client, Client)
+    result = await client.initialize_session(
+        types.InitializeParams(
+            capabilities=client_capabilities(editor),
+            initialization_options=options,
+            root_uri=REPO.as_uri(),
+        )
+    )
+    client.server_capabilities = result.capabilities
+    return client
+
+
+@pytest.fixture(params=EDITORS)
+def editor(request: pytest.FixtureRequest) -> str:
+    """Each end-to-end test runs with VS Code's and Neovim's capabilities."""
+    return str(request.param)
+
+
+@pytest_asyncio.fixture
+async def client(editor: str, tmp_path: Path) -> AsyncIterator[Client]:
+    """A real tandem server on the embedded default model, initialized as `editor`."""
+    client = await start_client(tmp_path, editor)
+    yield client
+    await client.shutdown_session()
+    await client.stop()

@@ -1,0 +1,212 @@
+"""End to end: the real `tandem serve` over stdio and the embedded model, as VS Code and as Neovim."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+
+from tests.conftest import Client, start_client
+
+SOURCE = '''import os
+
+
+def read_lines(path):
+    """Return the lines of a text file."""
+    with open(path) as handle:
+        return handle.read().splitlines()
+
+
+def count_words(text):
+    '''
+URI = "file:///work/sample.py"
+
+
+def units(text: str, editor: str) -> int:
+    """Length of `text` in the position units `editor` negotiates."""
+    if editor.startswith("neovim"):
+        return len(text.encode("utf-8"))
+    return len(text.encode("utf-16-le")) // 2
+
+
+def end_position(text: str, editor: str) -> types.Position:
+    lines = text.split("\n")
+    return types.Position(line=len(lines) - 1, character=units(lines[-1], editor))
+
+
+def open_doc(client: Client, text: str, uri: str = URI) -> None:
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+        )
+    )
+
+
+def insert(client: Client, version: int, at: types.Position, text: str, uri: str = URI) -> None:
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(at, at), text=text)],
+        )
+    )
+
+
+def inline_params(
+    position: types.Position, invoked: bool = False, uri: str = URI
+) -> types.InlineCompletionParams:
+    kind = (
+        types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
+    )
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=position,
+        context=types.InlineCompletionContext(trigger_kind=kind),
+    )
+
+
+async def complete(
+    client: Client, position: types.Position, invoked: bool = True
+) -> list[types.InlineCompletionItem]:
+    result = await client.text_document_inline_completion_async(inline_params(position, invoked))
+    assert isinstance(result, types.InlineCompletionList), result
+    return list(result.items)
+
+
+async def status(client: Client) -> dict[str, Any]:
+    result = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="tandem.status"))
+    return _plain(result)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def ledger_rows(data_dir: Path) -> list[dict[str, Any]]:
+    db = sqlite3.connect(data_dir / "ledger.sqlite3")
+    db.row_factory = sqlite3.Row
+    return [dict(row) for row in db.execute("SELECT * FROM requests ORDER BY time")]
+
+
+async def test_initialize_advertises_inline_completion(client: Client, editor: str) -> None:
+    caps = client.server_capabilities
+    assert caps is not None
+    assert caps.inline_completion_provider is not None
+    assert caps.position_encoding == ("utf-8" if editor.startswith("neovim") else "utf-16")
+    assert set(caps.execute_command_provider.commands) >= {"tandem.status", "tandem.usage"}
+
+
+async def test_completion_appears_for_a_simple_function(client: Client, editor: str) -> None:
+    open_doc(client, SOURCE)
+    position = end_position(SOURCE, editor)
+    items = await complete(client, position)
+    assert len(items) == 1
+    item = items[0]
+    assert isinstance(item.insert_text, str) and item.insert_text.strip()
+    assert item.range == types.Range(position, position)
+    assert item.command is not None and item.command.command == "tandem.accepted"
+    report = await status(client)
+    assert report["counters"]["generations"] == 1
+    assert report["model"]["state"] == "ready"
+    assert report["model"]["fim"] is None  # Gemma 3 270M has no FIM tokens: prefix-only mode
+
+
+async def test_typed_ahead_after_non_ascii_text_is_served_from_cache(client: Client, editor: str) -> None:
+    # Non-ASCII text before the cursor: utf-16 and utf-8 positions differ on this line.
+    text = 'import os\n\n\ndef read_lines(path):\n    print("Grüße 😀"); return open('
+    open_doc(client, text)
+    position = end_position(text, editor)
+    items = await complete(client, position)
+    assert items, "the model suggested nothing"
+    ghost = items[0].insert_text
+    assert isinstance(ghost, str) and len(ghost) >= 2
+    typed = ghost[:2]
+    insert(client, 2, position, typed)
+    after = types.Position(position.line, position.character + units(typed, editor))
+    rest = await complete(client, after, invoked=False)
+    assert [i.insert_text for i in rest] == [ghost[2:]]
+    report = await status(client)
+    assert report["counters"]["cacheHits"] == 1
+    assert report["counters"]["generations"] == 1  # the typed-ahead hit made no model call
+
+
+async def test_burst_of_keystrokes_runs_at_most_two_generations(client: Client, editor: str) -> None:
+    text = SOURCE
+    open_doc(client, text)
+    pending = []
+    word = "    words = text.split() "[:20]
+    for i, char in enumerate(word):
+        position = end_position(text, editor)
+        insert(client, i + 2, position, char)
+        text += char
+        request = client.text_document_inline_completion_async(inline_params(end_position(text, editor)))
+        pending.append(asyncio.ensure_future(request))  # sent now, as an editor does
+        await asyncio.sleep(0.03)  # a fast typist
+    results = await asyncio.gather(*pending)
+    assert len(results) == 20
+    assert all(isinstance(r, types.InlineCompletionList) for r in results)
+    assert all(not r.items for r in results[:-1])  # superseded requests are answered, empty
+    report = await status(client)
+    assert report["counters"]["inlineRequests"] == 20
+    assert report["counters"]["generations"] <= 2
+    assert report["counters"]["supersededRequests"] + report["counters"]["cancelledGenerations"] >= 18, report
+
+
+async def test_cancel_request_stops_the_generation(editor: str, tmp_path: Path) -> None:
+    # A long multi-line generation, cancelled by $/cancelRequest right after it starts.
+    client = await start_client(tmp_path, editor, {"completion": {"maxTokens": 400, "multiline": "always"}})
+    try:
+        text = "# A long module of small helper functions.\n\n"
+        open_doc(client, text)
+        future = client.protocol.send_request(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION,
+            inline_params(end_position(text, editor), invoked=True),
+            msg_id="long-1",
+        )
+        while (await status(client))["model"]["state"] != "ready":
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.4)  # let it generate a few tokens
+        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="long-1"))
+        try:
+            await asyncio.wrap_future(future)
+            raise AssertionError("a cancelled request must be answered with an error")
+        except Exception as exc:
+            assert "cancel" in str(exc).lower()
+        report = await status(client)
+        assert report["counters"]["cancelledGenerations"] == 1
+        # The next request is served at once: the worker is free again.
+        items = await complete(client, end_position(text, editor))
+        assert isinstance(items, list)
+        await client.workspace_execute_command_async(types.ExecuteCommandParams(command="tandem.usage"))
+        rows = ledger_rows(tmp_path)
+        cancelled = [r for r in rows if r["outcome"] == "cancelled"]
+        assert len(cancelled) == 1
+        assert 0 < cancelled[0]["completion_tokens"] < 400  # stopped early, every token counted
+    finally:
+        await client.shutdown_session()
+        await client.stop()
+
+
+async def test_streams_first_line_before_the_answer(editor: str, tmp_path: Path) -> None:
+    client = await start_client(tmp_path, editor, {"completion": {"multiline": "always", "maxTokens": 80}})
+    try:
+        text = "import os\n\n\ndef list_python_files(folder):\n"
+        open_doc(client, text)
+        items = await complete(client, end_position(text, editor))
+        assert items
+        final = items[0].insert_text
+        assert isinstance(final, str)
+        if "\n" in final:
+            assert client.ghost_text, "multi-line ghost text must stream before the answer"
+            first = client.ghost_text[0]
+            assert first["uri"] == URI
+            assert final.startswith(first["text"])
+    finally:
+        await client.shutdown_session()
+        await client.stop()

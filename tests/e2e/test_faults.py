@@ -1,0 +1,216 @@
+"""Bad input and faults: each gets a clear message and the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+
+from tests.conftest import Client, start_client
+from tests.e2e.test_completion import SOURCE, URI, complete, end_position, inline_params, open_doc, status
+
+GGUF_HEADER = b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") * 2
+
+
+async def model_error(client: Client) -> str:
+    for _ in range(200):
+        model = (await status(client))["model"]
+        if model["state"] != "loading":
+            assert model["state"] == "error", model
+            return str(model["error"])
+        await asyncio.sleep(0.05)
+    raise AssertionError("model never finished loading")
+
+
+def _bad_models(tmp_path: Path) -> list[tuple[str, str, str]]:
+    not_gguf = tmp_path / "weights.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04 this is a zip file, not a model")
+    huge = tmp_path / "huge.gguf"
+    with huge.open("wb") as handle:  # sparse: claims 4 TiB without using the disk
+        handle.write(GGUF_HEADER)
+        handle.truncate(4 * 2**40)
+    folder = tmp_path / "a-folder.gguf"
+    folder.mkdir()
+    return [
+        ("missing", str(tmp_path / "nope.gguf"), "model file not found"),
+        ("not-gguf", str(not_gguf), "not a GGUF model file"),
+        ("directory", str(folder), "not a file"),
+        ("too-large", str(huge), "too large for memory"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["missing", "not-gguf", "directory", "too-large"])
+async def test_bad_model_file_is_reported_and_server_keeps_serving(case: int, tmp_path: Path) -> None:
+    _, path, expected = _bad_models(tmp_path)[case]
+    client = await start_client(tmp_path, options={"local": {"modelPath": path}})
+    try:
+        assert expected in await model_error(client)
+        open_doc(client, SOURCE)
+        items = await complete(client, end_position(SOURCE, "visual-studio-code"))
+        assert items == []
+        shown = [m.message for m in client.messages]
+        assert sum(expected in m for m in shown) == 1, shown  # said once, not per request
+        assert (await status(client))["counters"]["inlineRequests"] == 1
+    finally:
+        await client.shutdown_session()
+        await client.stop()
+
+
+async def test_truncated_gguf_fails_to_load_with_a_message(tmp_path: Path) -> None:
+    broken = tmp_path / "truncated.gguf"
+    broken.write_bytes(GGUF_HEADER + b"\x00" * 64)
+    client = await start_client(tmp_path, env={"TANDEM_MODEL": str(broken)})
+    try:
+        assert "failed to load" in await model_error(client)
+    finally:
+        await client.shutdown_session()
+        await client.stop()
+
+
+async def test_bad_setting_is_reported_once_and_defaulted(tmp_path: Path) -> None:
+    client = await start_client(
+        tmp_path, options={"completion": {"debounceMs": "soon", "multiline": "sometimes"}}
+    )
+    try:
+        report = await status(client)
+        assert report["settings"] == {"debounceMs": "auto", "multiline": "auto"}
+        messages = [m.message for m in client.messages]
+        assert any("completion.debounceMs" in m for m in messages)
+        assert any("completion.multiline" in m for m in messages)
+    finally:
+        await client.shutdown_session()
+        await client.stop()
+
+
+async def test_unopened_and_closed_documents_get_an_error(client: Client, editor: str) -> None:
+    with pytest.raises(Exception, match="document is not open"):
+        await client.text_document_inline_completion_async(inline_params(types.Position(0, 0)))
+    open_doc(client, SOURCE)
+    client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(URI)))
+    with pytest.raises(Exception, match="document is not open"):
+        await client.text_document_inline_completion_async(inline_params(types.Position(0, 0)))
+    open_doc(client, SOURCE)
+    assert await complete(client, end_position(SOURCE, editor))
+
+
+async def test_positions_past_the_end(client: Client, editor: str) -> None:
+    open_doc(client, SOURCE)
+    last = end_position(SOURCE, editor)
+    # Past the end of a line means its end (LSP); past the last line is an error.
+    items = await complete(client, types.Position(last.line, last.character + 500))
+    assert items and items[0].range is not None
+    with pytest.raises(Exception, match="past the end of the document"):
+        await client.text_document_inline_completion_async(inline_params(types.Position(last.line + 5, 0)))
+    assert (await status(client))["counters"]["inlineRequests"] >= 1
+
+
+async def test_five_megabyte_document(client: Client, editor: str) -> None:
+    body = "".join(f"def helper_{i}(value):\n    return value * {i}\n\n\n" for i in range(120_000))
+    text = body[: 5 * 2**20] + "\ndef main():\n    "
+    assert len(text) > 5 * 2**20
+    open_doc(client, text)
+    items = await complete(client, end_position(text, editor))
+    assert isinstance(items, list)
+    assert (await status(client))["counters"]["generations"] == 1
+
+
+async def test_binary_content_and_control_characters(client: Client, editor: str) -> None:
+    # What an editor sends for a binary file read leniently: NULs, replacement chars, lone form feeds.
+    raw = bytes(range(256)) * 8 + b"\xff\xfe\xc3\x28"
+    text = raw.decode("utf-8", errors="replace") + "\n\x0c\ndef f():\n    "
+    open_doc(client, text)
+    items = await complete(client, end_position(text, editor))
+    assert isinstance(items, list)
+    assert (await status(client))["model"]["state"] == "ready"
+
+
+async def test_flood_of_500_requests_in_a_second(client: Client, editor: str) -> None:
+    open_doc(client, SOURCE)
+    position = end_position(SOURCE, editor)
+    pending = []
+    for _ in range(500):
+        pending.append(
+            asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(position)))
+        )
+        await asyncio.sleep(0.001)
+    results = await asyncio.wait_for(asyncio.gather(*pending), timeout=60)
+    assert len(results) == 500
+    report = await status(client)
+    assert report["counters"]["inlineRequests"] == 500
+    assert report["counters"]["generations"] <= 2
+    assert await complete(client, position)  # still serving
+
+
+def test_raw_wire_faults_and_exit_codes(tmp_path: Path) -> None:
+    """Raw bytes over stdio: a body that is not UTF-8 and malformed params are survived; exit codes."""
+
+    def frame(body: bytes) -> bytes:
+        return f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+    def message(obj: dict[str, object]) -> bytes:
+        return frame(json.dumps(obj).encode())
+
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}
+    env = {**os.environ, "TANDEM_DATA_DIR": str(tmp_path)}
+    stdin = (
+        message(init)
+        + message({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        + frame(b'{"jsonrpc": "2.0", "id": 2, "method": "\xff\xfe"}')
+        + message(
+            {
+                "jsonrpc": "2.0",
+                "id": 4,
+                "method": "textDocument/inlineCompletion",
+                "params": {"textDocument": 42},
+            }
+        )
+        + message(
+            {
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "workspace/executeCommand",
+                "params": {"command": "tandem.status"},
+            }
+        )
+    )
+    without_shutdown = subprocess.run(
+        [sys.executable, "-m", "lsp_server", "serve"],
+        input=stdin + message({"jsonrpc": "2.0", "method": "exit"}),
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    responses = _responses(without_shutdown.stdout)
+    assert responses[4]["error"]["code"] in (-32602, -32603)  # malformed params: an error answer
+    assert "counters" in responses[3]["result"]  # and the server kept serving
+    assert without_shutdown.returncode == 1
+    with_shutdown = subprocess.run(
+        [sys.executable, "-m", "lsp_server", "serve"],
+        input=message(init)
+        + message({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        + message({"jsonrpc": "2.0", "id": 9, "method": "shutdown"})
+        + message({"jsonrpc": "2.0", "method": "exit"}),
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert with_shutdown.returncode == 0, with_shutdown.stderr[-2000:]
+
+
+def _responses(stdout: bytes) -> dict[int, dict[str, object]]:
+    """The JSON-RPC responses in a captured stdout, by id."""
+    found: dict[int, dict[str, object]] = {}
+    while stdout:
+        header, _, rest = stdout.partition(b"\r\n\r\n")
+        length = int(header.split(b"Content-Length:")[1].split(b"\r\n")[0])
+        body = json.loads(rest[:length])
+        if isinstance(body.get("id"), int):
+            found[body["id"]] = body
+        stdout = rest[length:]
+    return found
