@@ -71,6 +71,7 @@ class Counters:
     cacheHits: int = 0
     supersededRequests: int = 0
     skippedRequests: int = 0
+    joinedRequests: int = 0
     errors: int = 0
 
 
@@ -111,11 +112,20 @@ class _Shown:
 
 
 @dataclass
+class _Running:
+    """The request a document's generation serves, and where its answer will be."""
+
+    request: Request
+    answer: asyncio.Future[Suggestion | None]
+
+
+@dataclass
 class _Slot:
     """Per-document state: the newest request wins."""
 
     seq: int = 0
     cancel: threading.Event | None = None
+    running: _Running | None = None
     debounce: AdaptiveDebounce = field(default_factory=AdaptiveDebounce)
     shown: _Shown | None = None
 
@@ -171,14 +181,29 @@ class Engine:
         self._slots: dict[str, _Slot] = {}
         self._latencies: deque[float] = deque(maxlen=2000)
 
-    async def complete(
-        self, req: Request, on_partial: Callable[[str], None] = lambda text: None
-    ) -> Suggestion | None:
+    async def complete(self, req: Request, on_partial: Callable[[str], None] = lambda text: None) -> Suggestion | None:
         """The newest request of a document gets a suggestion; older ones get None."""
         started = time.perf_counter()
         self.counters.inlineRequests += 1
         slot = self._slots.setdefault(req.uri, _Slot())
+        running = slot.running
+        if running is not None and not running.answer.done() and running.request == req:
+            # The same request again (an editor re-asking while ghost text streams): share the answer.
+            self.counters.joinedRequests += 1
+            return await asyncio.shield(running.answer)
         ticket = slot.supersede()
+        answer: asyncio.Future[Suggestion | None] = asyncio.get_running_loop().create_future()
+        slot.running = _Running(req, answer)
+        suggestion = None
+        try:
+            suggestion = await self._complete(req, slot, ticket, on_partial, started)
+            return suggestion
+        finally:
+            answer.set_result(suggestion)
+
+    async def _complete(
+        self, req: Request, slot: _Slot, ticket: int, on_partial: Callable[[str], None], started: float
+    ) -> Suggestion | None:
         if req.selected is not None:
             req = _apply_selected(req)
         if (hit := _typed_ahead(slot.shown, req)) is not None:
@@ -239,9 +264,7 @@ class Engine:
         outcome = "ok"
         cancelled = False
         try:
-            stream = self._backend.stream(
-                TextPrompt(prompt_text, self._settings.max_tokens, stop), cancel, report
-            )
+            stream = self._backend.stream(TextPrompt(prompt_text, self._settings.max_tokens, stop), cancel, report)
             async with contextlib.aclosing(stream):
                 async for chunk in stream:
                     raw += chunk
@@ -300,9 +323,7 @@ class Engine:
         if req.selected is None:
             return suggestion
         sel = req.selected  # the ghost text must extend the selected item, over its range
-        return Suggestion(
-            sel.text + suggestion.text, sel.start, sel.end, suggestion.request_id, suggestion.from_cache
-        )
+        return Suggestion(sel.text + suggestion.text, sel.start, sel.end, suggestion.request_id, suggestion.from_cache)
 
 
 def _clean(raw: str, ctx: Context) -> str:

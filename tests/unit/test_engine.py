@@ -1,0 +1,119 @@
+"""The completion engine without pygls: real llama.cpp behind it is not needed for these rules."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncGenerator
+
+import pytest
+
+from lsp_server.backends import Generation, TextPrompt, Usage
+from lsp_server.completion.engine import AdaptiveDebounce, Engine, Request, Selected
+from lsp_server.config import Settings
+
+
+class ScriptedBackend:
+    """A backend that streams a fixed reply, one chunk per 10 ms, and honours cancellation."""
+
+    name = "local"
+    model = "scripted"
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.prompts: list[str] = []
+
+    async def stream(
+        self, prompt: TextPrompt, cancel: threading.Event, report: Generation
+    ) -> AsyncGenerator[str, None]:
+        self.prompts.append(prompt.text)
+        sent = 0
+        try:
+            for chunk in self.reply.split(" "):
+                if cancel.is_set():
+                    report.cancelled = True
+                    return
+                await asyncio.sleep(0.01)
+                sent += 1
+                yield chunk + " "
+        finally:
+            report.usage = Usage(prompt_tokens=len(prompt.text) // 4 or 1, completion_tokens=sent)
+
+
+async def no_template() -> None:
+    return None
+
+
+def engine(reply: str, **settings: object) -> tuple[Engine, ScriptedBackend]:
+    backend = ScriptedBackend(reply)
+    return Engine(backend, Settings(debounce_ms=0, **settings), no_template), backend  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("gaps", "expected"),
+    [
+        pytest.param([], 0.075, id="first-request"),
+        pytest.param([2.0], 0.075, id="after-a-pause"),
+        pytest.param([0.1, 0.1, 0.1], 0.15, id="steady-typing-waits-past-the-usual-gap"),
+        pytest.param([0.02, 0.02, 0.02], 0.05, id="very-fast-typing-has-a-floor"),
+        pytest.param([0.6, 0.6, 0.6], 0.25, id="slow-typing-has-a-ceiling"),
+    ],
+)
+def test_adaptive_debounce(gaps: list[float], expected: float) -> None:
+    debounce = AdaptiveDebounce()
+    now = 100.0
+    delay = debounce.delay(now)
+    for gap in gaps:
+        now += gap
+        delay = debounce.delay(now)
+    assert delay == pytest.approx(expected, abs=0.01)
+
+
+async def test_identical_request_joins_the_running_generation() -> None:
+    eng, backend = engine("return total")
+    req = Request("file:///a.py", "def f():\n    ", 13, invoked=True)
+    first, second = await asyncio.gather(eng.complete(req), eng.complete(req))
+    assert first is not None and first == second
+    assert len(backend.prompts) == 1
+    assert eng.counters.joinedRequests == 1
+
+
+async def test_newer_request_supersedes_and_stops_the_older() -> None:
+    eng, _ = engine("a b c d e f g h i j k l m n o p")
+    old = asyncio.ensure_future(eng.complete(Request("u", "x = ", 4, invoked=True)))
+    await asyncio.sleep(0.035)
+    new = await eng.complete(Request("u", "x = 1", 5, invoked=True))
+    assert await old is None
+    assert new is not None
+    assert eng.counters.cancelledGenerations == 1
+
+
+async def test_typed_ahead_is_served_without_the_model() -> None:
+    eng, backend = engine("return value")
+    text = "def f(value):\n    "
+    shown = await eng.complete(Request("u", text, len(text), invoked=True))
+    assert shown is not None and shown.text == "return value"
+    rest = await eng.complete(Request("u", text + "ret", len(text) + 3))
+    assert rest is not None and rest.text == "urn value" and rest.from_cache
+    assert len(backend.prompts) == 1
+    mismatch = await eng.complete(Request("u", text + "x", len(text) + 1))
+    assert mismatch is None or not mismatch.from_cache
+
+
+async def test_selected_completion_item_is_extended_over_its_range() -> None:
+    eng, backend = engine("(path)")
+    text = "import os\nos.path.jo"
+    selected = Selected(start=len(text) - 2, end=len(text), text="join")
+    suggestion = await eng.complete(Request("u", text, len(text), selected=selected, invoked=True))
+    assert suggestion is not None
+    assert suggestion.text.startswith("join")
+    assert (suggestion.start, suggestion.end) == (len(text) - 2, len(text))
+    assert backend.prompts[0].endswith("os.path.join")
+
+
+async def test_cursor_before_code_is_not_completed() -> None:
+    eng, backend = engine("anything")
+    text = "print(name)"
+    assert await eng.complete(Request("u", text, 6, invoked=True)) is None  # before `name)`
+    assert eng.counters.skippedRequests == 1
+    assert backend.prompts == []
