@@ -78,27 +78,38 @@ class Counters:
 class AdaptiveDebounce:
     """How long to wait before a request may start the model, from the user's typing rhythm.
 
-    After a pause the wait is short; during fast typing it stretches to just past the user's
-    usual gap between keys, so a generation starts only once the typing stops.
+    While typing, the wait stretches just past the user's usual gap between keys (their 90th
+    percentile), so a generation starts only once the typing stops. After a pause it is shorter:
+    a single key after a pause is answered sooner.
     """
 
     PAUSE_S = 1.0
-    AFTER_PAUSE_S = 0.075
-    MIN_S = 0.05
-    MAX_S = 0.25
+    """A longer gap between requests ends a burst of typing."""
+    START_S = 0.12
+    AFTER_PAUSE = 0.6
+    MIN_S = 0.04
+    MAX_S = 0.3
 
     def __init__(self) -> None:
         self._last: float | None = None
-        self._gap: float | None = None
+        self._gaps: deque[float] = deque(maxlen=16)
 
     def delay(self, now: float) -> float:
         """Seconds to wait for a request that arrives at `now`."""
         gap = None if self._last is None else now - self._last
         self._last = now
-        if gap is None or gap >= self.PAUSE_S:
-            return self.AFTER_PAUSE_S
-        self._gap = gap if self._gap is None else 0.7 * self._gap + 0.3 * gap
-        return min(self.MAX_S, max(self.MIN_S, 1.5 * self._gap))
+        after_pause = gap is None or gap >= self.PAUSE_S
+        if not after_pause:
+            assert gap is not None
+            self._gaps.append(gap)
+        wait = 1.2 * self._usual_gap() if self._gaps else self.START_S
+        if after_pause:
+            wait *= self.AFTER_PAUSE
+        return min(self.MAX_S, max(self.MIN_S, wait))
+
+    def _usual_gap(self) -> float:
+        gaps = sorted(self._gaps)
+        return gaps[min(len(gaps) - 1, int(0.9 * len(gaps)))]
 
 
 @dataclass

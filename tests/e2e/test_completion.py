@@ -39,9 +39,7 @@ def end_position(text: str, editor: str) -> types.Position:
 
 def open_doc(client: Client, text: str, uri: str = URI) -> None:
     client.text_document_did_open(
-        types.DidOpenTextDocumentParams(
-            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
-        )
+        types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text))
     )
 
 
@@ -54,12 +52,8 @@ def insert(client: Client, version: int, at: types.Position, text: str, uri: str
     )
 
 
-def inline_params(
-    position: types.Position, invoked: bool = False, uri: str = URI
-) -> types.InlineCompletionParams:
-    kind = (
-        types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
-    )
+def inline_params(position: types.Position, invoked: bool = False, uri: str = URI) -> types.InlineCompletionParams:
+    kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
     return types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri),
         position=position,
@@ -67,9 +61,7 @@ def inline_params(
     )
 
 
-async def complete(
-    client: Client, position: types.Position, invoked: bool = True
-) -> list[types.InlineCompletionItem]:
+async def complete(client: Client, position: types.Position, invoked: bool = True) -> list[types.InlineCompletionItem]:
     result = await client.text_document_inline_completion_async(inline_params(position, invoked))
     assert isinstance(result, types.InlineCompletionList), result
     return list(result.items)
@@ -201,12 +193,35 @@ async def test_streams_first_line_before_the_answer(editor: str, tmp_path: Path)
         items = await complete(client, end_position(text, editor))
         assert items
         final = items[0].insert_text
-        assert isinstance(final, str)
-        if "\n" in final:
-            assert client.ghost_text, "multi-line ghost text must stream before the answer"
-            first = client.ghost_text[0]
-            assert first["uri"] == URI
-            assert final.startswith(first["text"])
+        assert isinstance(final, str) and "\n" in final, final  # greedy decoding: a multi-line body
+        assert client.ghost_text, "multi-line ghost text must stream before the answer"
+        first = client.ghost_text[0]
+        assert first["uri"] == URI
+        assert final.startswith(first["text"])
+        assert len(first["text"]) < len(final)
+    finally:
+        await client.shutdown_session()
+        await client.stop()
+
+
+async def test_fim_model_from_gguf_metadata(tmp_path: Path) -> None:
+    """A model whose GGUF carries fim_* metadata is served in FIM mode through the whole server."""
+    from tests.tiny_gguf import write_tiny_fim_model
+
+    model = write_tiny_fim_model(tmp_path / "tiny-fim.gguf")
+    client = await start_client(tmp_path, "neovim@v0.11.0", env={"TANDEM_MODEL": str(model)})
+    try:
+        text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
+        open_doc(client, text)
+        items = await complete(client, types.Position(line=1, character=11))  # after `return `
+        assert isinstance(items, list)  # random weights: any text, or none, is a valid answer
+        report = await status(client)
+        assert report["model"]["state"] == "ready"
+        assert report["model"]["fim"] == "gguf"
+        assert report["counters"]["generations"] == 1
+        await client.workspace_execute_command_async(types.ExecuteCommandParams(command="tandem.usage"))
+        rows = ledger_rows(tmp_path)
+        assert rows and rows[-1]["prompt_tokens"] > 0  # prompt with suffix and markers went through
     finally:
         await client.shutdown_session()
         await client.stop()
