@@ -21,10 +21,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a source checkout runs as is
 
-from lsp_server.backends.local import embedded_model_path  # noqa: E402
-from lsp_server.completion.engine import Context  # noqa: E402
+from benchmarks import ledger_write  # noqa: E402
+from lsp_server.backends.local import LocalBackend, embedded_model_path  # noqa: E402
+from lsp_server.completion.engine import Context, Engine, Request  # noqa: E402
 from lsp_server.completion.prompt import build_prompt  # noqa: E402
 from lsp_server.config import Settings, cache_dir  # noqa: E402
+from lsp_server.ledger import Ledger  # noqa: E402
+from lsp_server.prices import Prices  # noqa: E402
 from lsp_server.session import Session, now_ms  # noqa: E402
 
 SOURCE = inspect.getsource(textwrap)  # real code, not written for this project
@@ -151,12 +154,37 @@ def _ttft(llm: Any, prompt: str) -> float:
     return now_ms() - started
 
 
+async def ledger_on_off(model_path: str, settings: Settings, pairs: int = 8) -> dict[str, float]:
+    """Completion latency through the engine with the ledger recording vs not, interleaved in one run."""
+    backend = LocalBackend(settings, lambda: model_path)
+    await backend.start()
+    folder = Path(tempfile.mkdtemp(prefix="tandem-bench-ledger-"))
+    ledger = Ledger(folder / "ledger.sqlite3", Prices.load())
+
+    async def template() -> None:
+        return None
+
+    engines = {"on": Engine(backend, settings, template, ledger.record), "off": Engine(backend, settings, template)}
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    for i in range(pairs):
+        text = SOURCE[: OPENING_CHARS + 150 * i]
+        for mode in ("on", "off") if i % 2 else ("off", "on"):  # alternate who goes first (KV reuse)
+            started = now_ms()
+            await engines[mode].complete(Request(f"file:///{mode}/{i}", text, len(text), invoked=True))
+            times[mode].append(now_ms() - started)
+    ledger.close()
+    backend.close()
+    return {mode: statistics.median(values) for mode, values in times.items()}
+
+
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def table(pauses: list[Pause], kv: dict[str, float], status: dict[str, Any]) -> str:
+def table(
+    pauses: list[Pause], kv: dict[str, float], status: dict[str, Any], ledger: dict[str, float], writes: dict[str, Any]
+) -> str:
     """The results as a Markdown table, each target marked met or missed."""
     shown = [p for p in pauses if p.first_ms is not None]
     first = [p.first_ms for p in shown if p.first_ms is not None]
@@ -185,6 +213,16 @@ def table(pauses: list[Pause], kv: dict[str, float], status: dict[str, Any]) -> 
         (f"time to first token, cold, {kv['tokens']:.0f}-token file", f"{kv['cold']:.0f} ms", ""),
         ("time to first token, warm (KV reused)", f"{kv['warm']:.0f} ms", ""),
         ("warm / cold", f"{kv_ratio:.2f}×", f"≤ 0.3× {verdict(kv_ratio <= 0.3)}"),
+        (
+            "ledger record() on the request path, p50 / p99",
+            f"{writes['p50_us']:.1f} / {writes['p99_us']:.1f} µs",
+            f"< 1 ms {verdict(writes['p99_us'] < 1000)}",
+        ),
+        (
+            "completion latency with the ledger on / off, p50",
+            f"{ledger['on']:.0f} / {ledger['off']:.0f} ms ({ledger['on'] / ledger['off']:.2f}×)",
+            "",
+        ),
     ]
     lines = ["| measure | value | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
@@ -198,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--model", help="GGUF file (default: the embedded Gemma 3 270M)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--details", action="store_true", help="also print each pause")
     args = parser.parse_args(argv)
     settings = Settings()
     model = args.model or str(embedded_model_path(cache_dir()))
@@ -206,12 +245,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     pauses, status = asyncio.run(replay(bursts, model, log))
     kv = direct(bursts, pauses, model, settings)
-    result = table(pauses, kv, status)
+    ledger = asyncio.run(ledger_on_off(model, settings))
+    writes = next(row for row in ledger_write.run() if row["case"].startswith("Ledger.record"))
+    result = table(pauses, kv, status, ledger, writes)
     header = (
         f"tandem bench — {len(bursts)} pauses typing into textwrap.py, model {Path(model).name}, "
         f"{time.perf_counter() - started:.0f} s (server log: {log})"
     )
     print(header, result, sep="\n\n")
+    if args.details:
+        for p in pauses:
+            first = "-" if p.first_ms is None else f"{p.first_ms:.0f}"
+            print(
+                f"{p.generations} gen  first {first:>5} ms  full {p.full_ms:5.0f} ms  direct {p.direct_first_ms:5.0f} ms  {p.text!r}"
+            )
     if args.markdown:
         args.markdown.write_text(f"{header}\n\n{result}\n")
     return 0
