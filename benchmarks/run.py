@@ -21,14 +21,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a source checkout runs as is
 
-from benchmarks import ledger_write  # noqa: E402
-from lsp_server.backends.local import LocalBackend, embedded_model_path  # noqa: E402
-from lsp_server.completion.engine import Context, Engine, Request  # noqa: E402
-from lsp_server.completion.prompt import build_prompt  # noqa: E402
-from lsp_server.config import Settings, cache_dir  # noqa: E402
-from lsp_server.ledger import Ledger  # noqa: E402
-from lsp_server.prices import Prices  # noqa: E402
-from lsp_server.session import Session, now_ms  # noqa: E402
+from benchmarks import ledger_write
+from lsp_server.backends.local import LocalBackend, embedded_model_path
+from lsp_server.completion.engine import Context, Engine, Request
+from lsp_server.completion.prompt import build_prompt
+from lsp_server.config import Settings, cache_dir
+from lsp_server.ledger import Ledger
+from lsp_server.prices import Prices
+from lsp_server.session import Session, now_ms
 
 SOURCE = inspect.getsource(textwrap)  # real code, not written for this project
 OPENING_CHARS = 4000  # about 1,100 tokens already in the file when typing starts
@@ -201,7 +201,7 @@ def table(
         ("pauses replayed (suggestion shown)", f"{len(pauses)} ({len(shown)})", ""),
         ("first ghost text after a pause, p50 / p95", f"{_p(first, 0.5):.0f} / {_p(first, 0.95):.0f} ms", ""),
         ("direct llama-cpp-python, same prompts, p50 / p95", f"{_p(direct, 0.5):.0f} / {_p(direct, 0.95):.0f} ms", ""),
-        ("tandem / direct at p50", f"{ratio:.2f}×", f"≤ 1.10× {verdict(ratio <= 1.10)}"),
+        ("tandem / direct at p50", f"{ratio:.2f}x", f"≤ 1.10x {verdict(ratio <= 1.10)}"),
         ("full suggestion, p50", f"{_p([p.full_ms for p in pauses], 0.5):.0f} ms", ""),
         ("model generations per pause", f"{gens:.2f}", f"≤ 1.2 {verdict(gens <= 1.2)}"),
         (
@@ -212,7 +212,7 @@ def table(
         ),
         (f"time to first token, cold, {kv['tokens']:.0f}-token file", f"{kv['cold']:.0f} ms", ""),
         ("time to first token, warm (KV reused)", f"{kv['warm']:.0f} ms", ""),
-        ("warm / cold", f"{kv_ratio:.2f}×", f"≤ 0.3× {verdict(kv_ratio <= 0.3)}"),
+        ("warm / cold", f"{kv_ratio:.2f}x", f"≤ 0.3x {verdict(kv_ratio <= 0.3)}"),
         (
             "ledger record() on the request path, p50 / p99",
             f"{writes['p50_us']:.1f} / {writes['p99_us']:.1f} µs",
@@ -220,7 +220,7 @@ def table(
         ),
         (
             "completion latency with the ledger on / off, p50",
-            f"{ledger['on']:.0f} / {ledger['off']:.0f} ms ({ledger['on'] / ledger['off']:.2f}×)",
+            f"{ledger['on']:.0f} / {ledger['off']:.0f} ms ({ledger['on'] / ledger['off']:.2f}x)",
             "",
         ),
     ]
