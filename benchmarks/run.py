@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         for p in pauses:
             first = "-" if p.first_ms is None else f"{p.first_ms:.0f}"
             print(
-                f"{p.generations} gen  first {first:>5} ms  full {p.full_ms:5.0f} ms  direct {p.direct_first_ms:5.0f} ms  {p.text!r}"
+                f"{p.generations} gen  first {first:>5} ms  full {p.full_ms:5.0f} ms"
+                f"  direct {p.direct_first_ms:5.0f} ms  {p.text!r}"
             )
     if args.markdown:
         args.markdown.write_text(f"{header}\n\n{result}\n")
