@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
 from lsp_server.backends import BackendError, CompletionBackend, Generation, TextPrompt
-from lsp_server.completion.postprocess import is_block_start, postprocess
+from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess
 from lsp_server.completion.prompt import FimTemplate, build_prompt
 from lsp_server.config import Settings
 from lsp_server.ledger import Entry
@@ -275,7 +275,9 @@ class Engine:
             async with contextlib.aclosing(stream):
                 async for chunk in stream:
                     raw += chunk
-                    if ticket != slot.seq or ("\n" in chunk and self._enough(raw, ctx, on_partial)):
+                    if ticket != slot.seq or ends_in_loop(raw):
+                        break
+                    if "\n" in chunk and self._enough(raw, ctx, on_partial):
                         break
             text = _clean(raw, ctx)
             outcome = "ok" if text else "empty"

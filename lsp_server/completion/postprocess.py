@@ -121,10 +121,29 @@ def strip_trailing_whitespace(completion: str) -> str:
     return "\n".join(line.rstrip() for line in completion.split("\n")).rstrip()
 
 
-def postprocess(
-    completion: str, *, line_prefix: str, line_suffix: str, following: str, multiline: bool
-) -> str:
+_LOOP = re.compile(r"(.{8,80}?)\1{2,}", re.DOTALL)
+
+
+def cut_loop(completion: str) -> str:
+    """End a completion where a small model starts repeating itself (the same span three times)."""
+    for loop in _LOOP.finditer(completion):
+        if len(set(loop.group(1).strip())) > 2:  # a rule of dashes or a row of zeros is not a loop
+            return completion[: loop.start() + len(loop.group(1))]
+    return completion
+
+
+def ends_in_loop(text: str) -> bool:
+    """True when `text` ends with the same span three times: cheap enough to ask after every token."""
+    for size in range(8, min(80, len(text) // 3) + 1):
+        unit = text[-size:]
+        if text.endswith(unit * 3) and len(set(unit.strip())) > 2:
+            return True
+    return False
+
+
+def postprocess(completion: str, *, line_prefix: str, line_suffix: str, following: str, multiline: bool) -> str:
     """Clean a raw model completion for display as ghost text at the cursor."""
+    completion = cut_loop(completion)
     if multiline:
         text = drop_repeated_following(trim_to_block(completion, line_prefix), following)
     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lsp_server.completion.postprocess import (
+    cut_loop,
+    ends_in_loop,
     cut_outer_closer,
     drop_repeated_following,
     drop_suffix_overlap,
@@ -203,6 +205,25 @@ def test_strip_trailing_whitespace(completion: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        pytest.param(
+            "self.items.get(self.items.get_value(self.items.get_value(self.items.get_value(",
+            "self.items.get(self.items.get_value",
+            id="call-chain-loop-seen-on-gemma",
+        ),
+        pytest.param("total += 1\ntotal += 1\ntotal += 1\ntotal += 1\n", "total += 1\n", id="line-loop"),
+        pytest.param("# " + "-" * 40, "# " + "-" * 40, id="a-rule-is-not-a-loop"),
+        pytest.param("x = [0, 0, 0, 0, 0, 0, 0, 0]", "x = [0, 0, 0, 0, 0, 0, 0, 0]", id="zeros-are-not-a-loop"),
+        pytest.param("a = 1\nb = 2\na = 1\n", "a = 1\nb = 2\na = 1\n", id="twice-is-not-a-loop"),
+        pytest.param("return value", "return value", id="no-repetition"),
+    ],
+)
+def test_cut_loop(completion: str, expected: str) -> None:
+    assert cut_loop(completion) == expected
+
+
+@pytest.mark.parametrize(
     ("completion", "line_prefix", "line_suffix", "following", "multiline", "expected"),
     [
         pytest.param("urn x", "    ret", "", "", False, "urn x", id="py-mid-word"),
@@ -278,3 +299,16 @@ def test_postprocess(
         multiline=multiline,
     )
     assert result == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("x(self.items.get_value(self.items.get_value(self.items.get_va", False, id="mid-third-unit"),
+        pytest.param("x(self.items.get_value(self.items.get_value(self.items.get_value(", True, id="third-unit-done"),
+        pytest.param("# " + "=" * 60, False, id="a-rule"),
+        pytest.param("return sum(item.price for item in items)", False, id="ordinary-code"),
+    ],
+)
+def test_ends_in_loop(text: str, expected: bool) -> None:
+    assert ends_in_loop(text) is expected
