@@ -36,9 +36,7 @@ class Budget:
     Days and months are the user's local time, the same periods `tandem usage` shows.
     """
 
-    def __init__(
-        self, ledger: Ledger, prices: Prices, daily_usd: float | None, monthly_usd: float | None
-    ) -> None:
+    def __init__(self, ledger: Ledger, prices: Prices, daily_usd: float | None, monthly_usd: float | None) -> None:
         self._ledger = ledger
         self._prices = prices
         self._periods = [
@@ -51,9 +49,7 @@ class Budget:
         ]
         self._warned: set[tuple[str, float]] = set()
 
-    def check(
-        self, model: str, prompt_tokens: int, max_output_tokens: int, now: float | None = None
-    ) -> BudgetDecision:
+    def check(self, model: str, prompt_tokens: int, max_output_tokens: int, now: float | None = None) -> BudgetDecision:
         """Estimated cost (prompt tokens + max output) against what is left today / this month."""
         if not self._periods:
             return BudgetDecision(allowed=True)
@@ -81,8 +77,7 @@ class Budget:
 def _refusal(period: _Period, used: float, estimate: float, reset: float, now: float) -> str:
     cost = "" if used >= period.limit else f" and this request could cost up to {_usd(estimate)}"
     return (
-        f"Cloud budget reached: {_usd(used)} of {_usd(period.limit)} spent {period.label}{cost}; "
-        f"{_resets(reset, now)}."
+        f"Cloud budget reached: {_usd(used)} of {_usd(period.limit)} spent {period.label}{cost}; {_resets(reset, now)}."
     )
 
 

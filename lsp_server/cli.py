@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("pygls").setLevel(
-        max(logging.WARNING, logging.getLogger().level)
-    )  # it logs every message
+    logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLogger().level))  # it logs every message
     if args.command is None:
         args = parser.parse_args(["serve"])
     return int(args.run(args))

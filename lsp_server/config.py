@@ -210,9 +210,7 @@ def _flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def resolve(
-    options: Mapping[str, Any] | None, env: Mapping[str, str] | None = None
-) -> tuple[Settings, list[str]]:
+def resolve(options: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
     """Resolve wire options into settings; each bad value becomes a problem and its default."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}

@@ -25,9 +25,7 @@ def _line_start(text: str, line: int) -> int:
     for _ in range(line):
         found = text.find("\n", start)
         if found < 0:
-            raise PositionError(
-                f"line {line} is past the end of the document ({text.count(chr(10)) + 1} lines)"
-            )
+            raise PositionError(f"line {line} is past the end of the document ({text.count(chr(10)) + 1} lines)")
         start = found + 1
     return start
 

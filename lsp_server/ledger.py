@@ -75,10 +75,7 @@ COLUMNS = (
 )
 """The columns `Ledger.rows` yields, in order."""
 
-_INSERT = (
-    f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS[:-1])}) "
-    f"VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
-)
+_INSERT = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS[:-1])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
 _ACCEPT = "UPDATE requests SET accepted = 1 WHERE request_id = ?"
 _GROUPED = """
     SELECT backend, model, task, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),
@@ -202,9 +199,7 @@ def _kind(exc: sqlite3.Error | OSError) -> str | None:
 class Ledger:
     """The token ledger of one process; several processes may share its file."""
 
-    def __init__(
-        self, path: Path, prices: Prices, *, on_problem: Callable[[str], None] = _log.warning
-    ) -> None:
+    def __init__(self, path: Path, prices: Prices, *, on_problem: Callable[[str], None] = _log.warning) -> None:
         """Open (creating, migrating) the ledger; never raises for a bad file or a full disk.
 
         Each problem is reported once through on_problem (called from the writer thread; it must
@@ -238,9 +233,7 @@ class Ledger:
         if entry.backend == "local":
             cost = self._prices.energy_cost(entry.total_ms)
         else:
-            cost = self._prices.cost(
-                entry.model, entry.prompt_tokens, entry.completion_tokens, entry.cached_tokens
-            )
+            cost = self._prices.cost(entry.model, entry.prompt_tokens, entry.completion_tokens, entry.cached_tokens)
         self._queue.put(
             (
                 _INSERT,
@@ -366,9 +359,7 @@ class Ledger:
         local_tokens = sum(row["promptTokens"] + row["completionTokens"] for row in local)
         # What the same tokens would have cost on the reference model, less what they did cost.
         saved = sum(
-            self._prices.cost(
-                REFERENCE_MODEL, row["promptTokens"], row["completionTokens"], row["cachedTokens"]
-            )
+            self._prices.cost(REFERENCE_MODEL, row["promptTokens"], row["completionTokens"], row["cachedTokens"])
             - row["costUsd"]
             for row in local
         )

@@ -25,9 +25,7 @@ class Price:
 class Prices:
     """The price table: the packaged data file plus user overrides."""
 
-    def __init__(
-        self, table: Mapping[str, Price], date: str, energy_usd_per_hour: float | None = None
-    ) -> None:
+    def __init__(self, table: Mapping[str, Price], date: str, energy_usd_per_hour: float | None = None) -> None:
         self._table = {name.lower(): price for name, price in table.items()}
         self.date = date
         """The date the packaged table was written as of."""

@@ -50,8 +50,6 @@ class CompletionBackend(Protocol):
     name: str
     model: str
 
-    def stream(
-        self, prompt: TextPrompt, cancel: threading.Event, report: Generation
-    ) -> AsyncGenerator[str, None]:
+    def stream(self, prompt: TextPrompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
         """Yield text chunks until done, a stop string, or `cancel` is set; fill `report`."""
         ...

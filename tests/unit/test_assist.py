@@ -55,9 +55,7 @@ DEEP = (
 SELECTION = '            path = os.path.join(self.root, item)\n            open(path, "w").write(item)\n'
 
 
-def request(
-    task: str = "explain", text: str = SOURCE, selection: str = SELECTION, **kw: object
-) -> AssistRequest:
+def request(task: str = "explain", text: str = SOURCE, selection: str = SELECTION, **kw: object) -> AssistRequest:
     start = text.index(selection)
     return AssistRequest(task, "store.py", "python", text, start, start + len(selection), **kw)  # type: ignore[arg-type]
 
@@ -123,8 +121,7 @@ def user_message(req: AssistRequest, budget: int = 12000) -> str:
         pytest.param(
             request("refactor", instruction="use pathlib"),
             12000,
-            "Instruction: use pathlib\n"
-            "Reply with only the replacement for the selected code in one ```python block.",
+            "Instruction: use pathlib\nReply with only the replacement for the selected code in one ```python block.",
             id="refactor-demands-one-block",
         ),
         pytest.param(
@@ -229,9 +226,7 @@ def test_fit_replacement(code: str, text: str, selection: str, expected: str) ->
 
 
 def test_messages_to_prompt() -> None:
-    prompt = messages_to_prompt(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?\n"}]
-    )
+    prompt = messages_to_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?\n"}])
     assert prompt == "### System\nBe brief.\n\n### User\nHi?\n\n### Assistant\n"
 
 
@@ -393,9 +388,7 @@ async def test_huge_refactor_is_refused_before_any_request(
 ) -> None:
     big = "x = 1\n" * 350_000
     router = make_router(tmp_path, cloud_server, local_server, ledger)
-    result = await run_assist(
-        request("refactor", text=big, selection=big), router, lambda _: None, threading.Event()
-    )
+    result = await run_assist(request("refactor", text=big, selection=big), router, lambda _: None, threading.Event())
     assert result.outcome == "error" and "too large to refactor" in result.text
     assert not cloud_server.seen and not local_server.seen
 

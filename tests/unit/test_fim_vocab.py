@@ -98,9 +98,7 @@ def test_marker_problems(
         pytest.param("deepseek-coder", "deepseek-coder", id="deepseek-coder"),
     ],
 )
-def test_prompt_tokenizes_to_marker_ids(
-    vocab: Callable[[str], llama_cpp.Llama], family: str, vocab_name: str
-) -> None:
+def test_prompt_tokenizes_to_marker_ids(vocab: Callable[[str], llama_cpp.Llama], family: str, vocab_name: str) -> None:
     llm, template = vocab(vocab_name), FAMILIES[family]
     prompt = build_prompt(DOC, CURSOR, template, budget_tokens=200)
     tokens = _tokenize(llm)(prompt.text)

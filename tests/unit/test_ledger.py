@@ -104,9 +104,7 @@ def test_price_table_has_its_date_and_the_common_cloud_models(prices: Prices) ->
     ("model", "prompt", "completion", "cached", "expected"),
     [
         pytest.param("gpt-4o", 1000, 200, 0, (1000 * 2.5 + 200 * 10.0) / 1e6, id="plain"),
-        pytest.param(
-            "gpt-4o", 1000, 200, 400, (600 * 2.5 + 400 * 1.25 + 200 * 10.0) / 1e6, id="cached-input"
-        ),
+        pytest.param("gpt-4o", 1000, 200, 400, (600 * 2.5 + 400 * 1.25 + 200 * 10.0) / 1e6, id="cached-input"),
         pytest.param("gpt-4", 1000, 0, 400, 1000 * 30.0 / 1e6, id="no-cached-price-uses-input"),
         pytest.param("gemma-3-270m", 10**6, 10**6, 0, 0.0, id="unknown-is-free"),
     ],
@@ -208,9 +206,7 @@ def test_acceptance_per_model(open_ledger: OpenLedger) -> None:
     ledger.record(local(outcome="cancelled"))
     ledger.record_acceptance(shown[0].request_id)
     ledger.record_acceptance("no-such-request")
-    assert ledger.report()["acceptance"] == [
-        {"model": "gemma-3-270m", "shown": 4, "accepted": 1, "rate": 0.25}
-    ]
+    assert ledger.report()["acceptance"] == [{"model": "gemma-3-270m", "shown": 4, "accepted": 1, "rate": 0.25}]
 
 
 def test_cloud_models_without_a_price_are_named(open_ledger: OpenLedger) -> None:
@@ -396,9 +392,7 @@ def test_budget_decisions(
         assert reason in decision.message
 
 
-def test_refusal_says_what_was_spent_and_when_the_budget_resets(
-    open_ledger: OpenLedger, prices: Prices
-) -> None:
+def test_refusal_says_what_was_spent_and_when_the_budget_resets(open_ledger: OpenLedger, prices: Prices) -> None:
     ledger = open_ledger()
     ledger.record(cloud(380_000, 0, time=NOW - 60))  # $0.95
     decision = Budget(ledger, prices, 1.0, None).check("gpt-4o", 20_000, 4_000, now=NOW)

@@ -182,9 +182,7 @@ def _garbage_pages(path: Path) -> None:
     "corrupt",
     [pytest.param(_garbage, id="garbage-bytes"), pytest.param(_garbage_pages, id="garbage-pages")],
 )
-def test_a_corrupt_file_is_moved_aside_and_a_new_one_started(
-    tmp_path: Path, corrupt: Callable[[Path], None]
-) -> None:
+def test_a_corrupt_file_is_moved_aside_and_a_new_one_started(tmp_path: Path, corrupt: Callable[[Path], None]) -> None:
     path = default_path(tmp_path)
     corrupt(path)
     damaged = path.read_bytes()

@@ -6,10 +6,10 @@ import pytest
 
 from lsp_server.completion.postprocess import (
     cut_loop,
-    ends_in_loop,
     cut_outer_closer,
     drop_repeated_following,
     drop_suffix_overlap,
+    ends_in_loop,
     first_line,
     is_block_start,
     postprocess,

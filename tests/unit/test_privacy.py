@@ -151,9 +151,7 @@ JWT = (
         pytest.param('db_password = "hunter2hunter2"', "hunter2hunter2", "secret_assignment", id="password"),
         pytest.param("secret: 'c0rrect-h0rse'", "c0rrect-h0rse", "secret_assignment", id="yaml-secret"),
         pytest.param('token="abc123def456"', "abc123def456", "secret_assignment", id="token"),
-        pytest.param(
-            'password: str = "tr0ub4dor&3"', "tr0ub4dor&3", "secret_assignment", id="typed-password"
-        ),
+        pytest.param('password: str = "tr0ub4dor&3"', "tr0ub4dor&3", "secret_assignment", id="typed-password"),
         pytest.param(
             '{"clientSecret": "9f8e7d6c5b4a"}',
             "9f8e7d6c5b4a",
@@ -191,8 +189,7 @@ def test_secrets_are_redacted_and_restored(code: str, secret: str, kind: str) ->
         pytest.param('token = request.headers["x"]', id="token-from-header"),
         pytest.param("if password == user.password:\n    login()", id="password-comparison"),
         pytest.param(
-            'assert sha256(b"abc").hexdigest() == '
-            '"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"',
+            'assert sha256(b"abc").hexdigest() == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"',
             id="hash-in-test",
         ),
         pytest.param('commit = "9fceb02d0ae598e95dc970b74767f19372d61af8"', id="git-sha"),
@@ -224,9 +221,7 @@ def test_placeholders_are_stable_and_shared() -> None:
     second = redact(f"error: bad key {key} and AKIAIOSFODNN7EXAMPLE", first)
     assert second.text == "error: bad key <<SECRET_1>> and <<SECRET_3>>"
     assert second.kinds == ["openai_key", "secret_assignment", "aws_access_key"]
-    assert restore("use <<SECRET_3>> and <<SECRET_9>>", second) == (
-        "use AKIAIOSFODNN7EXAMPLE and <<SECRET_9>>"
-    )
+    assert restore("use <<SECRET_3>> and <<SECRET_9>>", second) == ("use AKIAIOSFODNN7EXAMPLE and <<SECRET_9>>")
 
 
 @pytest.mark.parametrize(

@@ -105,9 +105,7 @@ def test_layout(template: FimTemplate | None, expected: str) -> None:
         pytest.param("x" * 10_000, 5_000, QWEN, 100, "x" * 200, "x" * 80, id="long-line-with-suffix"),
     ],
 )
-def test_windows(
-    text: str, cursor: int, template: FimTemplate | None, budget: int, prefix: str, suffix: str
-) -> None:
+def test_windows(text: str, cursor: int, template: FimTemplate | None, budget: int, prefix: str, suffix: str) -> None:
     prompt = build_prompt(text, cursor, template, budget_tokens=budget)
     assert text[prompt.prefix_start : cursor] == prefix
     assert text[cursor : prompt.suffix_end] == suffix
@@ -224,9 +222,7 @@ def test_five_megabyte_document_is_fast() -> None:
         ),
     ],
 )
-def test_template_guessed_from_names(
-    metadata: dict[str, str], model_name: str, expected: FimTemplate | None
-) -> None:
+def test_template_guessed_from_names(metadata: dict[str, str], model_name: str, expected: FimTemplate | None) -> None:
     assert template_from_gguf(metadata, lambda _: "unused", model_name) == expected
 
 

@@ -210,9 +210,7 @@ def test_decide(
         pytest.param("healthy", "id_rsa", "'id_rsa*'", id="denied-file-never-goes-to-cloud"),
     ],
 )
-def test_nothing_can_serve_without_a_local_model(
-    tmp_path: Path, cloud_state: str, file: str, reason: str
-) -> None:
+def test_nothing_can_serve_without_a_local_model(tmp_path: Path, cloud_state: str, file: str, reason: str) -> None:
     router = Router(Settings(), None, cloud(cloud_state), None, str(tmp_path))
     route = router.decide("explain", str(tmp_path / file), 100, 800)
     assert route.backend == "none" and route.outcome == "error"

@@ -65,9 +65,7 @@ def test_csv_prints_every_request(data_dir: Path, capsys: pytest.CaptureFixture[
     assert float(rows[1]["cost_usd"]) == pytest.approx(0.0045)
 
 
-def test_table_shows_periods_share_savings_and_acceptance(
-    data_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_table_shows_periods_share_savings_and_acceptance(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     seed(data_dir, LOCAL, CLOUD, UNPRICED, accepted=("local-1",))
     assert usage.main([]) == 0
     out = capsys.readouterr().out
