@@ -13,6 +13,8 @@ import pytest_asyncio
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
+from lsp_server.session import plain
+
 REPO = Path(__file__).resolve().parent.parent
 
 # The capabilities real editors send: VS Code speaks utf-16 positions, Neovim 0.11 utf-8.
@@ -33,21 +35,12 @@ def _client_factory() -> Client:
 
     @client.feature("tandem/ghostText")
     def ghost_text(client: Client, params: Any) -> None:
-        client.ghost_text.append(_plain(params))
+        client.ghost_text.append(plain(params))
 
     from pytest_lsp.client import register_lsp_features
 
     register_lsp_features(client)
     return client
-
-
-def _plain(value: Any) -> Any:
-    """pygls hands notification params over as namedtuples; tests compare plain dicts."""
-    if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 async def start_client(

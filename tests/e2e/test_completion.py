@@ -9,6 +9,7 @@ from typing import Any
 
 from lsprotocol import types
 
+from lsp_server.session import plain
 from tests.conftest import Client, start_client
 
 SOURCE = '''import os
@@ -69,15 +70,7 @@ async def complete(client: Client, position: types.Position, invoked: bool = Tru
 
 async def status(client: Client) -> dict[str, Any]:
     result = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="tandem.status"))
-    return _plain(result)
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+    return plain(result)
 
 
 def ledger_rows(data_dir: Path) -> list[dict[str, Any]]:

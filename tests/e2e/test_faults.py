@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from lsprotocol import types
 
+from lsp_server.session import plain
 from tests.conftest import Client, start_client
 from tests.e2e.test_completion import SOURCE, URI, complete, end_position, inline_params, open_doc, status
 
@@ -74,9 +75,7 @@ async def test_truncated_gguf_fails_to_load_with_a_message(tmp_path: Path) -> No
 
 
 async def test_bad_setting_is_reported_once_and_defaulted(tmp_path: Path) -> None:
-    client = await start_client(
-        tmp_path, options={"completion": {"debounceMs": "soon", "multiline": "sometimes"}}
-    )
+    client = await start_client(tmp_path, options={"completion": {"debounceMs": "soon", "multiline": "sometimes"}})
     try:
         report = await status(client)
         assert report["settings"] == {"debounceMs": "auto", "multiline": "auto"}
@@ -135,9 +134,7 @@ async def test_flood_of_500_requests_in_a_second(client: Client, editor: str) ->
     position = end_position(SOURCE, editor)
     pending = []
     for _ in range(500):
-        pending.append(
-            asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(position)))
-        )
+        pending.append(asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(position))))
         await asyncio.sleep(0.001)
     results = await asyncio.wait_for(asyncio.gather(*pending), timeout=60)
     assert len(results) == 500
@@ -214,3 +211,31 @@ def _responses(stdout: bytes) -> dict[int, dict[str, object]]:
             found[body["id"]] = body
         stdout = rest[length:]
     return found
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "unwritable"])
+async def test_damaged_ledger_never_stops_completions(damage: str, tmp_path: Path) -> None:
+    """A corrupt ledger is moved aside and replaced; an unwritable one is kept in memory. Said once."""
+    if damage == "corrupt":
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "ledger.sqlite3").write_bytes(b"this is not a database" * 512)
+    else:
+        blocker = tmp_path / "a-file"
+        blocker.write_text("a regular file where a directory should be")
+        data = blocker / "data"
+    client = await start_client(data)
+    try:
+        open_doc(client, SOURCE)
+        position = end_position(SOURCE, "visual-studio-code")
+        assert await complete(client, position)
+        usage = plain(await client.workspace_execute_command_async(types.ExecuteCommandParams(command="tandem.usage")))
+        totals = usage["totals"]
+        assert sum(row["requests"] for row in totals) == 1  # the generation was counted all the same
+        ledger_messages = [m.message for m in client.messages if "ledger" in m.message.lower()]
+        assert len(ledger_messages) == 1, [m.message for m in client.messages]
+        if damage == "corrupt":
+            assert list(data.glob("ledger.sqlite3.corrupt-*")), "the bad file is kept aside"
+    finally:
+        await client.shutdown_session()
+        await client.stop()
