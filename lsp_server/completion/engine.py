@@ -279,6 +279,8 @@ class Engine:
                         break
                     if "\n" in chunk and self._enough(raw, ctx, on_partial):
                         break
+            if ctx.multiline and report.usage.completion_tokens >= self._settings.max_tokens and "\n" in raw:
+                raw = raw[: raw.rindex("\n")]  # out of tokens mid-line: show only whole lines
             text = _clean(raw, ctx)
             outcome = "ok" if text else "empty"
         except asyncio.CancelledError:  # $/cancelRequest

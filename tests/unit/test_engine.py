@@ -29,7 +29,7 @@ class ScriptedBackend:
         self.prompts.append(prompt.text)
         sent = 0
         try:
-            for chunk in self.reply.split(" "):
+            for chunk in self.reply.split(" ")[: prompt.max_tokens]:
                 if cancel.is_set():
                     report.cancelled = True
                     return
@@ -119,3 +119,10 @@ async def test_cursor_before_code_is_not_completed() -> None:
     assert await eng.complete(Request("u", text, 6, invoked=True)) is None  # before `name)`
     assert eng.counters.skippedRequests == 1
     assert backend.prompts == []
+
+
+async def test_out_of_tokens_mid_line_shows_only_whole_lines() -> None:
+    eng, _ = engine("total = 0\n    for item in", max_tokens=3, multiline="always")
+    text = "def f(items):\n    "
+    suggestion = await eng.complete(Request("u", text, len(text), invoked=True))
+    assert suggestion is not None and suggestion.text == "total = 0"
