@@ -1,4 +1,5 @@
-# `make demo` and `make test` set everything up on a fresh machine (Python 3.10+, a C compiler, cmake).
+# `make demo` and `make test` set everything up on a fresh machine (Python 3.10+, a C compiler, cmake;
+# Node 20 and npm for the VS Code extension's tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,6 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(VOCAB)
 	$(BIN)/python -m pytest -q
+	cd editors/vscode && npm ci --no-audit --no-fund && npm test
 
 serve: $(STAMP)
 	$(BIN)/tandem serve
