@@ -132,9 +132,7 @@ def build_messages(req: AssistRequest, max_context_chars: int = CLOUD_CONTEXT_CH
     limit = int(max_context_chars * _SELECTION_SHARE)
     notes = []
     if len(selection) > limit:
-        notes.append(
-            f"(The selection is {len(selection):,} characters long; only its first {limit:,} are shown.)"
-        )
+        notes.append(f"(The selection is {len(selection):,} characters long; only its first {limit:,} are shown.)")
         selection = selection[:limit]
     left = max_context_chars - len(selection)
 
@@ -259,9 +257,7 @@ async def run_assist(
     if route.backend == "cloud" and router.cloud is not None:
         if secrets.kinds:
             notes += (f"Redacted before sending: {', '.join(secrets.kinds)}.",)
-        reply = await _ask_cloud(
-            router.cloud, router.audit, req, messages, max_tokens, secrets, on_chunk, cancel
-        )
+        reply = await _ask_cloud(router.cloud, router.audit, req, messages, max_tokens, secrets, on_chunk, cancel)
         if reply.error and not reply.parts and not cancel.is_set() and router.local is not None:
             _record(router, req.task, reply, "error")
             reason = f"The cloud failed: {reply.error}. {req.task.capitalize()} ran on the local model."
@@ -272,13 +268,9 @@ async def run_assist(
         text = route.reason or "Nothing can serve this request."
         return AssistResult(text, None, "none", "", route.reason, Usage(), route.outcome, notes)
     if reply is None and router.local is not None:
-        reply = await _ask_local(
-            router.local, router.settings.context_size, shown, max_tokens, on_chunk, cancel
-        )
+        reply = await _ask_local(router.local, router.settings.context_size, shown, max_tokens, on_chunk, cancel)
     if reply is None:
-        return AssistResult(
-            "No model can serve this request.", None, "none", "", reason, Usage(), "error", notes
-        )
+        return AssistResult("No model can serve this request.", None, "none", "", reason, Usage(), "error", notes)
 
     if reply.report.cancelled:
         outcome = "cancelled"

@@ -132,8 +132,10 @@ class _State:
 class FaultProxy:
     """An HTTP proxy on 127.0.0.1 in front of an OpenAI-compatible server, injecting faults."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, max_tokens: int | None = None) -> None:
         self.upstream = urlsplit(upstream)
+        self.max_tokens = max_tokens
+        """Most tokens the upstream generates per request (a test's time budget); `seen` keeps the asked."""
         self.state = _State()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -165,12 +167,27 @@ class FaultProxy:
                 self.send_header("Connection", "close")
                 super().end_headers()
 
+            def do_GET(self) -> None:
+                # The model list (`/v1/models`), passed through without faults and not counted as seen.
+                upstream = http.client.HTTPConnection(
+                    proxy.upstream.hostname or "127.0.0.1", proxy.upstream.port, timeout=60
+                )
+                try:
+                    upstream.request("GET", self.path)
+                    resp = upstream.getresponse()
+                    payload = resp.read()
+                finally:
+                    upstream.close()
+                self.send_response(resp.status)
+                self.send_header("Content-Type", resp.getheader("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def do_POST(self) -> None:
                 state = proxy.state
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                state.seen.append(
-                    Seen(time.monotonic(), self.path, body, self.headers.get("Authorization", ""))
-                )
+                state.seen.append(Seen(time.monotonic(), self.path, body, self.headers.get("Authorization", "")))
                 fault = state.fault if len(state.seen) <= state.fault.times else Fault()
                 try:
                     self._answer(state, fault, body)
@@ -230,9 +247,10 @@ class FaultProxy:
                 )
                 try:
                     prompt_tokens = self._count_prompt(upstream, body)
-                    upstream.request(
-                        "POST", self.path, json.dumps(body), {"Content-Type": "application/json"}
-                    )
+                    sent = dict(body)
+                    if proxy.max_tokens is not None:
+                        sent["max_tokens"] = min(body.get("max_tokens") or proxy.max_tokens, proxy.max_tokens)
+                    upstream.request("POST", self.path, json.dumps(sent), {"Content-Type": "application/json"})
                     resp = upstream.getresponse()
                     if not body.get("stream"):
                         payload = resp.read()
@@ -246,9 +264,7 @@ class FaultProxy:
                     tokens = 0
                     for event in _events(resp):
                         if event == "[DONE]":
-                            if fault.kind != "no_usage" and body.get("stream_options", {}).get(
-                                "include_usage"
-                            ):
+                            if fault.kind != "no_usage" and body.get("stream_options", {}).get("include_usage"):
                                 state.usage = {
                                     "prompt_tokens": prompt_tokens,
                                     "completion_tokens": tokens,
@@ -349,9 +365,7 @@ class ScriptedServer:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                stub.seen.append(
-                    Seen(time.monotonic(), self.path, body, self.headers.get("Authorization", ""))
-                )
+                stub.seen.append(Seen(time.monotonic(), self.path, body, self.headers.get("Authorization", "")))
                 script = stub.scripts.pop(0) if stub.scripts else Script()
                 if script.status != 200:
                     payload = json.dumps({"error": {"message": f"scripted {script.status}"}}).encode()

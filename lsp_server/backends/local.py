@@ -152,7 +152,8 @@ class LocalBackend:
             s = self._settings
             llm = llama_cpp.Llama(
                 model_path=path,
-                n_ctx=s.context_size,
+                # llama.cpp pads the context to a multiple of 256; llama-cpp-python's buffers must match
+                n_ctx=-(-s.context_size // 256) * 256,
                 n_gpu_layers=s.n_gpu_layers,
                 flash_attn=s.flash_attention,
                 n_threads=s.threads,

@@ -44,6 +44,7 @@ class OpenAICompatBackend:
     ) -> None:
         self.name = name
         self.model = model
+        """The model name; "" until `resolve_model` has asked the server which one it serves."""
         self.healthy = True
         """False after a failed request, until one succeeds."""
         self.last_error: str | None = None
@@ -85,9 +86,7 @@ class OpenAICompatBackend:
         prompt_chars = sum(len(m.get("content", "")) for m in messages)
         return self._stream(open_stream, _chat_text, prompt_chars, cancel, report)
 
-    def stream(
-        self, prompt: TextPrompt, cancel: threading.Event, report: Generation
-    ) -> AsyncGenerator[str, None]:
+    def stream(self, prompt: TextPrompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
         """Stream a raw completion (`/v1/completions`); fill `report`."""
 
         def open_stream(client: openai.AsyncOpenAI) -> Awaitable[Any]:
@@ -101,6 +100,28 @@ class OpenAICompatBackend:
             )
 
         return self._stream(open_stream, _completion_text, len(prompt.text), cancel, report)
+
+    async def resolve_model(self) -> str:
+        """The model name; when none was given, the first one the server lists (`/v1/models`)."""
+        if not self.model:
+            try:
+                self.model = await self._first_model()
+            except BackendError as exc:
+                self.healthy, self.last_error, self.failed_at = False, str(exc), time.monotonic()
+                raise
+        return self.model
+
+    async def _first_model(self) -> str:
+        if self._client is None:
+            raise BackendError(f"no API key for {self.name}: set OPENAI_API_KEY")
+        try:
+            page = await self._client.models.list()
+        except openai.APIError as exc:
+            raise self._classify(exc, mid_stream=False)[0] from exc
+        if not page.data:
+            raise BackendError(f"{self.base_url} serves no model (its /models list is empty)")
+        # llama-server and vLLM serve one model each: the one a team's endpoint means.
+        return str(page.data[0].id)
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
@@ -124,6 +145,8 @@ class OpenAICompatBackend:
             if self._client is None:
                 raise BackendError(f"no API key for {self.name} model {self.model}: set OPENAI_API_KEY")
             client = self._client
+            if not self.model and await _unless_cancelled(self.resolve_model(), cancel) is _CANCELLED:
+                return
             attempt = 0
             while not cancel.is_set():
                 stream: Any = None
@@ -159,10 +182,7 @@ class OpenAICompatBackend:
                     if sent or delay is None or attempt >= self._max_retries:
                         raise error from exc
                     attempt += 1
-                    if (
-                        await _unless_cancelled(asyncio.sleep(delay or _backoff(attempt)), cancel)
-                        is _CANCELLED
-                    ):
+                    if await _unless_cancelled(asyncio.sleep(delay or _backoff(attempt)), cancel) is _CANCELLED:
                         break
                 finally:
                     if stream is not None and stream is not _CANCELLED:
