@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +81,12 @@ async def client(editor: str, tmp_path: Path) -> AsyncIterator[Client]:
     yield client
     await client.shutdown_session()
     await client.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[str]:
+    """One real OpenAI-compatible server (`python -m llama_cpp.server`, the embedded model) for the run."""
+    from tests.loopback import embedded_model, llama_server
+
+    with llama_server(embedded_model()) as url:
+        yield url

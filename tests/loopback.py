@@ -94,6 +94,19 @@ def llama_server(model: Path, start_timeout_s: float = 120.0) -> Iterator[str]:
         log.close()
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """Quiet, one request per connection: no keep-alive races between tests."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def end_headers(self) -> None:
+        self.send_header("Connection", "close")
+        super().end_headers()
+
+
 @dataclass
 class Fault:
     """What the proxy does to the next requests."""
@@ -156,17 +169,7 @@ class FaultProxy:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def end_headers(self) -> None:
-                # One request per connection: no keep-alive races between tests.
-                self.send_header("Connection", "close")
-                super().end_headers()
-
+        class Handler(_Handler):
             def do_GET(self) -> None:
                 # The model list (`/v1/models`), passed through without faults and not counted as seen.
                 upstream = http.client.HTTPConnection(
@@ -352,17 +355,7 @@ class ScriptedServer:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         stub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def end_headers(self) -> None:
-                # One request per connection: no keep-alive races between tests.
-                self.send_header("Connection", "close")
-                super().end_headers()
-
+        class Handler(_Handler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
                 stub.seen.append(Seen(time.monotonic(), self.path, body, self.headers.get("Authorization", "")))

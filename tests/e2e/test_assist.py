@@ -17,7 +17,7 @@ from lsprotocol import types
 from lsp_server.session import plain
 from tests.conftest import REPO, Client, start_client
 from tests.e2e.test_completion import inline_params, ledger_rows, units
-from tests.loopback import Fault, FaultProxy, Script, ScriptedServer, embedded_model, free_port, llama_server
+from tests.loopback import Fault, FaultProxy, Script, ScriptedServer, free_port
 
 KEY = "sk-test-7c2e9a41b5d84f06a3e1c9b7d2f5a8e4"
 URI = (REPO / "tandem_sample.py").as_uri()
@@ -41,13 +41,6 @@ TINY = "def add(a, b):\n    return "
 """Open in every session: completions are asked for here while a command runs (quick on 2 cores)."""
 # A small context keeps the embedded model's answers short when a command falls back to it.
 FAST_LOCAL = {"local": {"contextSize": 256}, "completion": {"maxTokens": 8}}
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    """One real llama.cpp OpenAI-compatible server for the module."""
-    with llama_server(embedded_model()) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from loopback import Fault, FaultProxy, embedded_model, free_port, llama_server
+from loopback import Fault, FaultProxy, free_port
 
 from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
 from lsp_server.backends.openai_compat import OpenAICompatBackend
@@ -18,13 +18,6 @@ MESSAGES = [
     {"role": "system", "content": "You are a terse assistant."},
     {"role": "user", "content": "Write one sentence about the sea."},
 ]
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    """One real llama.cpp server for the module."""
-    with llama_server(embedded_model()) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
