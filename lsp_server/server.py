@@ -196,6 +196,22 @@ class TandemServer(LanguageServer):
         self._reported.add(message)
         self.window_show_message(types.ShowMessageParams(type=kind, message=f"tandem: {message}"))
 
+    async def current_options(self, pushed: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
+        """initializationOptions, overridden by the client's `tandem` configuration as it is now."""
+        options = {**(self.init_options or {}), **(pushed or {})}
+        workspace = self.client_capabilities.workspace
+        if workspace is not None and workspace.configuration:
+            try:
+                pulled = await self.workspace_configuration_async(
+                    types.ConfigurationParams(items=[types.ConfigurationItem(section="tandem")])
+                )
+            except Exception as exc:  # a client that fails this request still gets completions
+                log.warning("workspace/configuration failed: %s", exc)
+            else:
+                if pulled and isinstance(pulled[0], Mapping):
+                    options.update(pulled[0])
+        return options or None
+
     async def configure(self, options: Mapping[str, Any] | None) -> None:
         """Resolve settings, open the ledger, start the local side, set up the cloud route."""
         self.settings, problems = resolve(options)
@@ -220,8 +236,11 @@ class TandemServer(LanguageServer):
         self.engine = Engine(local, settings, self._template, self.ledger.record)
         # The key comes from the environment only: a settings file may be shared or committed.
         key = os.environ.get("OPENAI_API_KEY")
-        if key:
-            self.cloud = OpenAICompatBackend(model=settings.cloud_model, base_url=settings.cloud_base_url, api_key=key)
+        self.cloud = (
+            OpenAICompatBackend(model=settings.cloud_model, base_url=settings.cloud_base_url, api_key=key)
+            if key
+            else None
+        )
         budget = Budget(self.ledger, prices, settings.daily_budget_usd, settings.monthly_budget_usd)
         self.router = Router(
             settings,
@@ -252,6 +271,13 @@ class TandemServer(LanguageServer):
         await self._ready.wait()
         assert self.engine is not None
         return self.engine
+
+    async def reconfigure(self, options: Mapping[str, Any] | None) -> None:
+        """Apply changed settings: everything built from them starts anew."""
+        log.info("settings changed: starting the local model, the ledger and the cloud route anew")
+        self._ready.clear()  # requests wait for the new engine rather than meet a closed one
+        await self.close()
+        await self.configure(options)
 
     async def close(self) -> None:
         """Stop running commands (they record what they spent), the backends and the ledger."""
@@ -287,19 +313,16 @@ def create_server() -> TandemServer:
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: TandemServer, params: types.InitializedParams) -> None:
-        options = ls.init_options
-        workspace = ls.client_capabilities.workspace
-        if workspace is not None and workspace.configuration:
-            try:
-                pulled = await ls.workspace_configuration_async(
-                    types.ConfigurationParams(items=[types.ConfigurationItem(section="tandem")])
-                )
-            except Exception as exc:  # a client that fails this request still gets completions
-                log.warning("workspace/configuration failed: %s", exc)
-            else:
-                if pulled and isinstance(pulled[0], Mapping):
-                    options = {**(options or {}), **pulled[0]}
-        await ls.configure(options)
+        await ls.configure(await ls.current_options())
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(ls: TandemServer, params: types.DidChangeConfigurationParams) -> None:
+        await ls.ready_engine()
+        pushed = params.settings.get("tandem") if isinstance(params.settings, Mapping) else None
+        options = await ls.current_options(pushed if isinstance(pushed, Mapping) else None)
+        if resolve(options)[0] == ls.settings:
+            return
+        await ls.reconfigure(options)
 
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: TandemServer, params: None) -> None:

@@ -218,3 +218,20 @@ async def test_fim_model_from_gguf_metadata(tmp_path: Path) -> None:
     finally:
         await client.shutdown_session()
         await client.stop()
+
+
+async def test_changed_settings_apply_without_a_restart(client: Client, editor: str) -> None:
+    """workspace/didChangeConfiguration: the server pulls the `tandem` section again and applies it."""
+    open_doc(client, SOURCE)
+    assert (await status(client))["settings"]["multiline"] == "auto"
+    client.set_configuration({"completion": {"multiline": "never", "debounceMs": 10}}, section="tandem")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    for _ in range(100):
+        report = await status(client)
+        if report["settings"]["multiline"] == "never":
+            break
+        await asyncio.sleep(0.05)
+    assert report["settings"] == {"debounceMs": 10, "multiline": "never"}
+    items = await complete(client, end_position(SOURCE, editor))
+    assert items and "\n" not in str(items[0].insert_text)  # single line now, even at a block start
+    assert (await status(client))["model"]["state"] == "ready"
