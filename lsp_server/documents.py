@@ -30,12 +30,13 @@ def _line_start(text: str, line: int) -> int:
     return start
 
 
-def _units(char: str, encoding: str) -> int:
+def units(text: str, encoding: str) -> int:
+    """Length of `text` in the code units of an LSP position encoding."""
     if encoding == "utf-8":
-        return len(char.encode("utf-8"))
+        return len(text.encode("utf-8"))
     if encoding == "utf-16":
-        return 2 if ord(char) > 0xFFFF else 1
-    return 1
+        return len(text.encode("utf-16-le")) // 2
+    return len(text)
 
 
 def offset_at(text: str, line: int, character: int, encoding: str) -> int:
@@ -49,12 +50,17 @@ def offset_at(text: str, line: int, character: int, encoding: str) -> int:
         end -= 1
     if encoding == "utf-32":
         return min(start + character, end)
-    units = 0
+    count = 0
     offset = start
-    while offset < end and units < character:
-        units += _units(text[offset], encoding)
+    while offset < end and count < character:
+        count += units(text[offset], encoding)
         offset += 1
     return offset
+
+
+def span_at(text: str, start: tuple[int, int], end: tuple[int, int], encoding: str) -> tuple[int, int]:
+    """Indexes into `text` of an LSP range's two ends."""
+    return offset_at(text, *start, encoding), offset_at(text, *end, encoding)
 
 
 def apply_change(
@@ -63,8 +69,7 @@ def apply_change(
     """Apply one `didChange` content change (a full replacement when there is no range)."""
     if start is None or end is None:
         return new_text
-    begin = offset_at(text, *start, encoding)
-    finish = offset_at(text, *end, encoding)
+    begin, finish = span_at(text, start, end, encoding)
     if finish < begin:
         raise PositionError("change range ends before it starts")
     return text[:begin] + new_text + text[finish:]

@@ -27,7 +27,7 @@ from lsp_server.budget import Budget
 from lsp_server.completion.engine import Engine, Request, Selected
 from lsp_server.completion.prompt import FimTemplate, template_from_gguf
 from lsp_server.config import Settings, cache_dir, data_dir, resolve
-from lsp_server.documents import Document, PositionError, apply_change, offset_at
+from lsp_server.documents import Document, PositionError, apply_change, offset_at, span_at, units
 from lsp_server.ledger import Ledger, default_path
 from lsp_server.prices import Prices
 from lsp_server.privacy import AuditLog
@@ -123,13 +123,8 @@ class TandemProtocol(LanguageServerProtocol):
         try:
             for change in params.content_changes:
                 if isinstance(change, types.TextDocumentContentChangePartial):
-                    start, end = change.range.start, change.range.end
                     text = apply_change(
-                        text,
-                        change.text,
-                        (start.line, start.character),
-                        (end.line, end.character),
-                        self._server.encoding,
+                        text, change.text, _pair(change.range.start), _pair(change.range.end), self._server.encoding
                     )
                 else:
                     text = change.text
@@ -567,8 +562,7 @@ async def _assist(ls: TandemServer, task: str, args: Sequence[Any]) -> dict[str,
 def _assist_request(task: str, arg: _AssistArgs, doc: Document, encoding: str) -> AssistRequest:
     """The domain request for `arg` on the document as the command saw it."""
     try:
-        start = offset_at(doc.text, arg.range.start.line, arg.range.start.character, encoding)
-        end = offset_at(doc.text, arg.range.end.line, arg.range.end.character, encoding)
+        start, end = span_at(doc.text, _pair(arg.range.start), _pair(arg.range.end), encoding)
     except PositionError as exc:
         raise JsonRpcInvalidParams(f"the range is outside {arg.uri}: {exc}") from exc
     if end < start:
@@ -708,15 +702,7 @@ def _lines_of(text: str, diagnostics: Sequence[types.Diagnostic], encoding: str)
         offset_at(text, first, 0, encoding)
     except PositionError:
         return None
-    return types.Range(types.Position(first, 0), types.Position(last, _units(text[start:end], encoding)))
-
-
-def _units(text: str, encoding: str) -> int:
-    if encoding == "utf-8":
-        return len(text.encode("utf-8"))
-    if encoding == "utf-16":
-        return len(text.encode("utf-16-le")) // 2
-    return len(text)
+    return types.Range(types.Position(first, 0), types.Position(last, units(text[start:end], encoding)))
 
 
 def _diagnostic_line(diagnostic: types.Diagnostic) -> str:
@@ -729,9 +715,12 @@ def _diagnostic_line(diagnostic: types.Diagnostic) -> str:
 def _selected(text: str, info: types.SelectedCompletionInfo | None, encoding: str) -> Selected | None:
     if info is None:
         return None
-    start = offset_at(text, info.range.start.line, info.range.start.character, encoding)
-    end = offset_at(text, info.range.end.line, info.range.end.character, encoding)
+    start, end = span_at(text, _pair(info.range.start), _pair(info.range.end), encoding)
     return Selected(start, end, info.text)
+
+
+def _pair(position: types.Position) -> tuple[int, int]:
+    return position.line, position.character
 
 
 def _model_status(ls: TandemServer) -> dict[str, Any]:

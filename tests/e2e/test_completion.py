@@ -9,6 +9,7 @@ from typing import Any
 
 from lsprotocol import types
 
+from lsp_server import documents
 from lsp_server.session import plain
 from tests.conftest import Client, start_client
 
@@ -28,9 +29,7 @@ URI = "file:///work/sample.py"
 
 def units(text: str, editor: str) -> int:
     """Length of `text` in the position units `editor` negotiates."""
-    if editor.startswith("neovim"):
-        return len(text.encode("utf-8"))
-    return len(text.encode("utf-16-le")) // 2
+    return documents.units(text, "utf-8" if editor.startswith("neovim") else "utf-16")
 
 
 def end_position(text: str, editor: str) -> types.Position:
