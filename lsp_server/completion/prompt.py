@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from lsp_server.models.cards import load_cards
+
 
 @dataclass(frozen=True)
 class FimTemplate:
@@ -25,47 +27,23 @@ class FimTemplate:
     """Strings the family emits once the middle is done."""
 
 
-_BAR = "\uff5c"  # DeepSeek's markers use the fullwidth vertical line
+def _families_from_cards() -> tuple[dict[str, FimTemplate], tuple[tuple[str, re.Pattern[str]], ...]]:
+    families: dict[str, FimTemplate] = {}
+    rules: list[tuple[str, re.Pattern[str]]] = []
+    for card in load_cards():
+        fim = card.fim
+        if fim is None or card.family in families:
+            continue
+        families[card.family] = FimTemplate(
+            card.family, fim.prefix, fim.suffix, fim.middle, suffix_first=fim.order == "suffix-first", stop=fim.stop
+        )
+        rules.extend((card.family, re.compile(pattern)) for pattern in fim.names)
+    return families, tuple(rules)
 
-FAMILIES: dict[str, FimTemplate] = {
-    t.family: t
-    for t in (
-        FimTemplate(
-            "qwen2.5-coder",
-            "<|fim_prefix|>",
-            "<|fim_suffix|>",
-            "<|fim_middle|>",
-            stop=("<|endoftext|>", "<|file_sep|>", "<|fim_pad|>", "<|repo_name|>", "<|im_end|>"),
-        ),
-        # The pieces carry SentencePiece's space mark: that is their text in the vocabulary.
-        FimTemplate("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", stop=("<EOT>",)),
-        # Mistral's FIM encoding is [SUFFIX] suffix [PREFIX] prefix, with no middle marker.
-        FimTemplate("codestral", "[PREFIX]", "[SUFFIX]", "", suffix_first=True, stop=("</s>",)),
-        FimTemplate(
-            "starcoder",
-            "<fim_prefix>",
-            "<fim_suffix>",
-            "<fim_middle>",
-            stop=("<|endoftext|>", "<file_sep>", "<fim_pad>"),
-        ),
-        FimTemplate(
-            "deepseek-coder",
-            f"<{_BAR}fim▁begin{_BAR}>",
-            f"<{_BAR}fim▁hole{_BAR}>",
-            f"<{_BAR}fim▁end{_BAR}>",
-            stop=(f"<{_BAR}end▁of▁sentence{_BAR}>", "<|EOT|>"),
-        ),
-    )
-}
 
-# Matched against names lower-cased without punctuation: "Qwen2.5-Coder-7B" -> "qwen25coder7b".
-_NAME_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("codestral", re.compile(r"codestral")),
-    ("codellama", re.compile(r"codellama")),
-    ("starcoder", re.compile(r"starcoder")),
-    ("deepseek-coder", re.compile(r"deepseek.*coder")),
-    ("qwen2.5-coder", re.compile(r"qwen.*coder")),
-)
+# The FIM formats of the model cards (models/*.toml), for GGUFs without `fim_*` metadata.
+# Name patterns match names lower-cased without punctuation: "Qwen2.5-Coder-7B" -> "qwen25coder7b".
+FAMILIES, _NAME_RULES = _families_from_cards()
 _NAME_KEYS = ("general.basename", "general.name", "general.architecture")
 _STOP_KEYS = ("eos", "eot", "fim_pad", "fim_rep", "fim_sep")
 

