@@ -1,4 +1,4 @@
-"""The `tandem` command: serve, demo, usage, bench."""
+"""The `tandem` command: serve, demo, usage, models, bench."""
 
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ def _usage(args: argparse.Namespace) -> int:
     return usage.main(args.rest)
 
 
+def _models(args: argparse.Namespace) -> int:
+    from lsp_server.models.command import main as models
+
+    return models(args.rest)
+
+
 def _bench(args: argparse.Namespace) -> int:
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
     if not script.exists():
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=_demo)
     for name, run, text in (
         ("usage", _usage, "token ledger totals (--json, --csv)"),
+        ("models", _models, "model cards: list, pull, verify, use, info"),
         ("bench", _bench, "benchmarks (from a source checkout)"),
     ):
         sub = commands.add_parser(name, help=text, add_help=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,8 +21,10 @@ class Settings:
 
     model_path: str | None = None
     """GGUF file of the local completion model; None means the embedded default."""
-    n_gpu_layers: int = -1
-    """Layers offloaded to the GPU; -1 offloads all (ignored on a CPU-only build)."""
+    chat_model_path: str | None = None
+    """GGUF file of the local chat model (explain / debug when the cloud is off); None: the completion model."""
+    n_gpu_layers: int | None = None
+    """Layers offloaded to the GPU; -1 offloads all; None (auto) fits them to free VRAM."""
     context_size: int = 4096
     """Context window of the local model in tokens."""
     flash_attention: bool = True
@@ -75,12 +79,6 @@ def _positive_int(value: Any) -> int:
     return value
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("expected an integer")
-    return value
-
-
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("expected true or false")
@@ -93,6 +91,14 @@ def _optional_path(value: Any) -> str | None:
     if not isinstance(value, str):
         raise ValueError("expected a file path")
     return os.path.expanduser(value)
+
+
+def _gpu_layers(value: Any) -> int | None:
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ValueError('expected "auto", -1 (all) or a number of layers')
+    return value
 
 
 def _debounce(value: Any) -> int | None:
@@ -173,7 +179,8 @@ def _prices(value: Any) -> tuple[tuple[str, float, float], ...]:
 
 _WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "local.modelPath": ("model_path", _optional_path),
-    "local.nGpuLayers": ("n_gpu_layers", _int),
+    "local.chatModelPath": ("chat_model_path", _optional_path),
+    "local.nGpuLayers": ("n_gpu_layers", _gpu_layers),
     "local.contextSize": ("context_size", _positive_int),
     "local.flashAttention": ("flash_attention", _bool),
     "local.threads": ("threads", _optional_threads),
@@ -210,26 +217,55 @@ def _flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def resolve(options: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
-    """Resolve wire options into settings; each bad value becomes a problem and its default."""
+def resolve(
+    options: Mapping[str, Any] | None,
+    env: Mapping[str, str] | None = None,
+    saved: Mapping[str, Any] | None = None,
+) -> tuple[Settings, list[str]]:
+    """Resolve wire options into settings; each bad value becomes a problem and its default.
+
+    `saved` (what `tandem models use` wrote) comes first, then TANDEM_MODEL, then the editor's options.
+    """
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     problems: list[str] = []
+    _apply(_flatten(saved or {}), values, problems, f"saved setting ({SAVED_SETTINGS})")
     if env.get("TANDEM_MODEL"):
         values["model_path"] = os.path.expanduser(env["TANDEM_MODEL"])
-    for key, value in _flatten(options or {}).items():
+    _apply(_flatten(options or {}), values, problems, "tandem setting")
+    return Settings(**values), problems
+
+
+def _apply(flat: Mapping[str, Any], values: dict[str, Any], problems: list[str], source: str) -> None:
+    for key, value in flat.items():
         if key not in _WIRE:
             continue  # keys of other features or newer clients are not errors
         name, coerce = _WIRE[key]
         try:
             coerced = coerce(value)
         except (TypeError, ValueError) as exc:
-            problems.append(f"tandem setting {key}={value!r} ignored: {exc}")
+            problems.append(f"{source} {key}={value!r} ignored: {exc}")
             continue
-        if name == "model_path" and coerced is None:
-            continue  # an empty setting leaves TANDEM_MODEL or the default in place
+        if name in ("model_path", "chat_model_path") and coerced is None:
+            continue  # an empty setting leaves TANDEM_MODEL, a saved model or the default in place
         values[name] = coerced
-    return Settings(**values), problems
+
+
+SAVED_SETTINGS = "settings.json"
+"""File in the data dir where `tandem models use` saves settings; editor settings override it."""
+
+
+def saved_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings `tandem models use` saved (flat wire keys); empty when there are none or unreadable."""
+    path = data_dir(env) / SAVED_SETTINGS
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        logging.getLogger(__name__).warning("saved settings %s ignored: %s", path, exc)
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def data_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -26,7 +26,7 @@ from lsp_server.backends.openai_compat import OpenAICompatBackend
 from lsp_server.budget import Budget
 from lsp_server.completion.engine import Engine, Request, Selected
 from lsp_server.completion.prompt import FimTemplate, template_from_gguf
-from lsp_server.config import Settings, cache_dir, data_dir, resolve
+from lsp_server.config import Settings, cache_dir, data_dir, resolve, saved_settings
 from lsp_server.documents import Document, PositionError, apply_change, offset_at, span_at, units
 from lsp_server.ledger import Ledger, default_path
 from lsp_server.prices import Prices
@@ -152,6 +152,16 @@ def make_local_backend(settings: Settings) -> LocalSide:
     return LocalBackend(settings, lambda: settings.model_path or str(embedded_model_path(cache_dir())))
 
 
+def make_chat_backend(settings: Settings, completion: LocalSide) -> LocalSide:
+    """The local side for explain / debug: `local.chatModelPath`, or the completion side when it names the same file."""
+    chat = settings.chat_model_path
+    if chat is None or settings.local_endpoint or (
+        settings.model_path is not None and os.path.realpath(chat) == os.path.realpath(settings.model_path)
+    ):
+        return completion  # one file, one load: two copies of a model exhaust VRAM
+    return LocalBackend(settings, lambda: chat)
+
+
 class TandemServer(LanguageServer):
     """Server state: settings, open documents, the engine, the router and their backends, the ledger."""
 
@@ -162,6 +172,8 @@ class TandemServer(LanguageServer):
         self.settings = Settings()
         self.documents: dict[str, Document] = {}
         self.local: LocalSide | None = None
+        self.local_chat: LocalSide | None = None
+        """The local side that runs explain / debug; the same object as `local` unless another file is set."""
         self.cloud: OpenAICompatBackend | None = None
         self.engine: Engine | None = None
         self.router: Router | None = None
@@ -209,7 +221,7 @@ class TandemServer(LanguageServer):
 
     async def configure(self, options: Mapping[str, Any] | None) -> None:
         """Resolve settings, open the ledger, start the local side, set up the cloud route."""
-        self.settings, problems = resolve(options)
+        self.settings, problems = resolve(options, saved=saved_settings())
         for problem in problems:
             self.report_once(problem, types.MessageType.Warning)
         settings = self.settings
@@ -228,6 +240,12 @@ class TandemServer(LanguageServer):
         started = local.start() if isinstance(local, LocalBackend) else asyncio.ensure_future(local.resolve_model())
         self._pending.add(started)
         started.add_done_callback(self._local_started)
+        chat = self.local_chat = make_chat_backend(settings, local)
+        if chat is not local:
+            assert isinstance(chat, LocalBackend)
+            chat_started = chat.start()
+            self._pending.add(chat_started)
+            chat_started.add_done_callback(self._local_started)
         self.engine = Engine(local, settings, self._template, self.ledger.record)
         # The key comes from the environment only: a settings file may be shared or committed.
         key = os.environ.get("OPENAI_API_KEY")
@@ -239,7 +257,7 @@ class TandemServer(LanguageServer):
         budget = Budget(self.ledger, prices, settings.daily_budget_usd, settings.monthly_budget_usd)
         self.router = Router(
             settings,
-            local,
+            chat,
             self.cloud,
             budget.check,
             _workspace_root(self) or None,
@@ -280,8 +298,9 @@ class TandemServer(LanguageServer):
             cancel.set()
         if self.assists:
             await asyncio.wait(self.assists, timeout=5)
-        if isinstance(self.local, LocalBackend):
-            self.local.close()
+        for side in {id(s): s for s in (self.local, self.local_chat)}.values():
+            if isinstance(side, LocalBackend):
+                side.close()
         for backend in (self.local, self.cloud):
             if isinstance(backend, OpenAICompatBackend):
                 await backend.aclose()
@@ -315,7 +334,7 @@ def create_server() -> TandemServer:
         await ls.ready_engine()
         pushed = params.settings.get("tandem") if isinstance(params.settings, Mapping) else None
         options = await ls.current_options(pushed if isinstance(pushed, Mapping) else None)
-        if resolve(options)[0] == ls.settings:
+        if resolve(options, saved=saved_settings())[0] == ls.settings:
             return
         await ls.reconfigure(options)
 
@@ -418,7 +437,9 @@ def create_server() -> TandemServer:
     async def status(ls: TandemServer, *args: Any) -> dict[str, Any]:
         engine = await ls.ready_engine()
         result: dict[str, Any] = engine.status()
-        result["model"] = _model_status(ls)
+        result["model"] = _model_status(ls.local)
+        result["chatModel"] = _model_status(ls.local_chat)
+        result["modelLoads"] = len({id(s) for s in (ls.local, ls.local_chat) if isinstance(s, LocalBackend)})
         result["settings"] = {
             "debounceMs": ls.settings.debounce_ms or "auto",
             "multiline": ls.settings.multiline,
@@ -723,8 +744,7 @@ def _pair(position: types.Position) -> tuple[int, int]:
     return position.line, position.character
 
 
-def _model_status(ls: TandemServer) -> dict[str, Any]:
-    backend = ls.local
+def _model_status(backend: LocalSide | None) -> dict[str, Any]:
     if backend is None:
         return {"state": "not started"}
     if isinstance(backend, OpenAICompatBackend):

@@ -17,6 +17,8 @@ from typing import Any
 from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
 from lsp_server.completion.prompt import FimTemplate, marker_problems, template_from_gguf
 from lsp_server.config import Settings
+from lsp_server.models import fit
+from lsp_server.models.gguf import GgufError, read_gguf
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +55,8 @@ def embedded_model_path(cache_dir: Path) -> Path:
     return target
 
 
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_model_file(path: str) -> None:
-    """Refuse, with a message a user can act on, a model file that cannot load."""
+def check_model_file(path: str, settings: Settings, gpu_offload: bool) -> int:
+    """Refuse, with a message a user can act on, a model that cannot load; else the GPU layers to load it with."""
     file = Path(path)
     if not file.exists():
         raise BackendError(f"model file not found: {path} (check local.modelPath or TANDEM_MODEL)")
@@ -78,13 +69,28 @@ def check_model_file(path: str) -> None:
         raise BackendError(f"model file cannot be read: {path}: {exc.strerror}") from exc
     if magic != b"GGUF":
         raise BackendError(f"not a GGUF model file: {path} (tandem loads llama.cpp GGUF files)")
-    size = file.stat().st_size
-    available = _available_memory()
-    if available is not None and size > available:
+    try:
+        need = fit.estimate(read_gguf(path), settings.context_size)
+    except GgufError as exc:
+        raise BackendError(f"model failed to load: {exc}") from exc
+    layers = settings.n_gpu_layers
+    vram = fit.free_vram() if gpu_offload and layers is None else None
+    if layers is None:
+        layers = -1 if vram is None else fit.gpu_layers(need, vram)
+        if vram is not None and layers != -1:
+            log.info(
+                "%s: %d of %d layers fit in %s of free VRAM (model needs %s); the rest run on the CPU",
+                file.name, layers, need.layers, fit.gib(vram), fit.gib(need.total),
+            )  # fmt: skip
+    ram = fit.ram_needed(need, layers if gpu_offload else 0)
+    available = fit.available_memory()
+    if available is not None and ram > available:
         raise BackendError(
-            f"model too large for memory: {path} is {size / 2**30:.1f} GiB, "
-            f"{available / 2**30:.1f} GiB available; choose a smaller quantization"
+            f"model too large for memory: {path} needs about {fit.gib(ram)} (weights {fit.gib(need.weights)}, "
+            f"KV cache {fit.gib(need.kv_cache)} at context {settings.context_size}), {fit.gib(available)} available;"
+            " choose a smaller quantization or local.contextSize"
         )
+    return layers
 
 
 class LocalBackend:
@@ -146,15 +152,16 @@ class LocalBackend:
         started = time.perf_counter()
         try:
             path = self._resolve_path()
-            check_model_file(path)
             import llama_cpp
 
             s = self._settings
+            gpu = bool(llama_cpp.llama_supports_gpu_offload())
+            n_gpu_layers = check_model_file(path, s, gpu)
             llm = llama_cpp.Llama(
                 model_path=path,
                 # llama.cpp pads the context to a multiple of 256; llama-cpp-python's buffers must match
                 n_ctx=-(-s.context_size // 256) * 256,
-                n_gpu_layers=s.n_gpu_layers,
+                n_gpu_layers=n_gpu_layers,
                 flash_attn=s.flash_attention,
                 n_threads=s.threads,
                 n_batch=512,
@@ -184,7 +191,7 @@ class LocalBackend:
             name=name,
             template=template,
             context_size=llm.n_ctx(),
-            gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()) and self._settings.n_gpu_layers != 0,
+            gpu_offload=gpu and n_gpu_layers != 0,
             load_s=time.perf_counter() - started,
         )
         self._llm = llm

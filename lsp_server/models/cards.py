@@ -80,7 +80,7 @@ class Card:
 
 def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
     value = data.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise CardError(f"{where}: field {key!r} must be a {kind.__name__}")
     return value
 
