@@ -1,0 +1,88 @@
+"""The GGUF header reader against llama.cpp's own reading of the same files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import llama_cpp
+import pytest
+
+from lsp_server.models.gguf import GgufError, read_gguf
+from tests.loopback import embedded_model
+from tests.tiny_gguf import FIM_MARKERS, write_tiny_fim_model
+
+VOCAB_DIR = Path(__file__).resolve().parents[2] / ".cache" / "vocab"
+VOCABS = ["starcoder", "deepseek-coder", "qwen2", "llama-spm", "refact", "gemma-4"]
+
+
+def _same_as_llama_cpp(path: Path) -> None:
+    model = read_gguf(path)
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        ours = model.string_metadata()
+        theirs = dict(llm.metadata)
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():
+            if isinstance(model.metadata[key], float):
+                assert float(ours[key]) == pytest.approx(float(value), rel=1e-6), key
+            elif isinstance(model.metadata[key], bool):
+                assert ours[key].lower() == value.lower(), key
+            else:
+                assert ours[key] == value, key
+        for token in (0, 1, 2, llm.n_vocab() - 1):
+            assert model.token_text(token) == llm._model.token_get_text(token), token
+        assert len(model.metadata["tokenizer.ggml.tokens"]) == llm.n_vocab()
+    finally:
+        llm.close()
+
+
+def test_embedded_model_metadata() -> None:
+    path = embedded_model()
+    _same_as_llama_cpp(path)
+    model = read_gguf(path)
+    assert (model.architecture, model.quantization) == ("gemma3", "Q4_K_M")
+    assert model.arch("block_count") == 18
+    assert model.arch("context_length") == 32768
+    assert 260e6 < model.parameters < 280e6  # "270M"
+    assert model.tensor_count > 100
+    assert 0 < model.file_size - model.tensor_bytes < 8 * 2**20  # the header is the rest
+    assert model.fim_tokens() == {}
+
+
+@pytest.mark.parametrize("name", VOCABS)
+def test_vocab_only_metadata(name: str) -> None:
+    path = VOCAB_DIR / f"ggml-vocab-{name}.gguf"
+    assert path.is_file(), f"{path} is missing: `make test` extracts the vocab-only GGUFs"
+    _same_as_llama_cpp(path)
+    model = read_gguf(path)
+    assert model.parameters == 0
+    assert model.tensor_count == 0
+
+
+def test_fim_tokens_from_metadata(tmp_path: Path) -> None:
+    model = read_gguf(write_tiny_fim_model(tmp_path / "tiny.gguf", seed=1))
+    assert model.fim_tokens() == dict(zip(("pre", "suf", "mid"), FIM_MARKERS, strict=True))
+    assert model.architecture == "llama"
+    assert model.parameters > 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(b"PK\x03\x04" + b"\x00" * 64, "not a GGUF model file", id="zip"),
+        pytest.param(b"GGUF", "not a GGUF model file", id="too-short"),
+        pytest.param(b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") + (5).to_bytes(8, "little"),
+                     "truncated", id="truncated-kv"),
+        pytest.param(b"GGUF" + (1).to_bytes(4, "little") + b"\x00" * 32, "version 1", id="old-version"),
+    ],
+)  # fmt: skip
+def test_unreadable_files_are_refused(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(content)
+    with pytest.raises(GgufError, match=message):
+        read_gguf(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(GgufError, match="cannot read"):
+        read_gguf("/nonexistent/model.gguf")
