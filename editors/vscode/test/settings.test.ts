@@ -14,7 +14,8 @@ const PROPERTIES: Record<
 // The server's settings and defaults (lsp_server/config.py, README "Settings").
 const SERVER_DEFAULTS: Record<string, unknown> = {
   "local.modelPath": "",
-  "local.nGpuLayers": -1,
+  "local.chatModelPath": "",
+  "local.nGpuLayers": "auto",
   "local.contextSize": 4096,
   "local.flashAttention": true,
   "local.threads": null,
