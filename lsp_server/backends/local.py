@@ -23,6 +23,8 @@ from lsp_server.models.gguf import GgufError, read_gguf
 log = logging.getLogger(__name__)
 
 _DONE = object()
+# One load at a time: a second model (the chat role) must see the memory the first one took.
+_LOADING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ def check_model_file(path: str, settings: Settings, gpu_offload: bool) -> int:
         raise BackendError(f"model file not found: {path} (check local.modelPath or TANDEM_MODEL)")
     if not file.is_file():
         raise BackendError(f"model path is not a file: {path}")
+    if file.name.endswith(".partial"):
+        raise BackendError(f"{path} is an unfinished download: run the same `tandem models pull` again")
     try:
         with file.open("rb") as handle:
             magic = handle.read(4)
@@ -156,17 +160,18 @@ class LocalBackend:
 
             s = self._settings
             gpu = bool(llama_cpp.llama_supports_gpu_offload())
-            n_gpu_layers = check_model_file(path, s, gpu)
-            llm = llama_cpp.Llama(
-                model_path=path,
-                # llama.cpp pads the context to a multiple of 256; llama-cpp-python's buffers must match
-                n_ctx=-(-s.context_size // 256) * 256,
-                n_gpu_layers=n_gpu_layers,
-                flash_attn=s.flash_attention,
-                n_threads=s.threads,
-                n_batch=512,
-                verbose=False,
-            )
+            with _LOADING:
+                n_gpu_layers = check_model_file(path, s, gpu)
+                llm = llama_cpp.Llama(
+                    model_path=path,
+                    # llama.cpp pads the context to a multiple of 256; llama-cpp-python's buffers must match
+                    n_ctx=-(-s.context_size // 256) * 256,
+                    n_gpu_layers=n_gpu_layers,
+                    flash_attn=s.flash_attention,
+                    n_threads=s.threads,
+                    n_batch=512,
+                    verbose=False,
+                )
         except BackendError as exc:
             log.error("local model not loaded: %s", exc)
             settle(None, exc)

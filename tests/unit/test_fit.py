@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,10 @@ def test_check_model_file_keeps_a_user_setting_and_defaults_to_all_without_a_gpu
 def test_context_too_large_for_memory_is_refused_before_loading() -> None:
     with pytest.raises(BackendError, match=r"too large for memory: .* KV cache .* at context 16777216"):
         check_model_file(str(embedded_model()), Settings(context_size=2**24), gpu_offload=False)
+
+
+def test_an_unfinished_download_is_never_loaded(tmp_path: Path) -> None:
+    partial = tmp_path / "model.gguf.partial"
+    partial.write_bytes(embedded_model().read_bytes()[: 2**20])
+    with pytest.raises(BackendError, match="unfinished download"):
+        check_model_file(str(partial), Settings(), gpu_offload=False)
