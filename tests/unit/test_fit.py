@@ -86,6 +86,7 @@ def test_context_too_large_for_memory_is_refused_before_loading() -> None:
 
 def test_an_unfinished_download_is_never_loaded(tmp_path: Path) -> None:
     partial = tmp_path / "model.gguf.partial"
-    partial.write_bytes(embedded_model().read_bytes()[: 2**20])
+    with embedded_model().open("rb") as model:
+        partial.write_bytes(model.read(2**20))
     with pytest.raises(BackendError, match="unfinished download"):
         check_model_file(str(partial), Settings(), gpu_offload=False)
