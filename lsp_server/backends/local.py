@@ -57,8 +57,11 @@ def embedded_model_path(cache_dir: Path) -> Path:
     return target
 
 
-def check_model_file(path: str, settings: Settings, gpu_offload: bool) -> int:
-    """Refuse, with a message a user can act on, a model that cannot load; else the GPU layers to load it with."""
+def check_model_file(path: str, settings: Settings, gpu_offload: bool, vram: int | None = None) -> int:
+    """Refuse, with a message a user can act on, a model that cannot load; else the GPU layers to load it with.
+
+    `vram`: free GPU memory in bytes where it is known (CUDA), for choosing or checking the layers offloaded.
+    """
     file = Path(path)
     if not file.exists():
         raise BackendError(f"model file not found: {path} (check local.modelPath or TANDEM_MODEL)")
@@ -78,14 +81,20 @@ def check_model_file(path: str, settings: Settings, gpu_offload: bool) -> int:
     except GgufError as exc:
         raise BackendError(f"model failed to load: {exc}") from exc
     layers = settings.n_gpu_layers
-    vram = fit.free_vram() if gpu_offload and layers is None else None
+    most = -1 if vram is None or not gpu_offload else fit.gpu_layers(need, vram)
     if layers is None:
-        layers = -1 if vram is None else fit.gpu_layers(need, vram)
-        if vram is not None and layers != -1:
+        layers = most
+        if most != -1:
             log.info(
                 "%s: %d of %d layers fit in %s of free VRAM (model needs %s); the rest run on the CPU",
-                file.name, layers, need.layers, fit.gib(vram), fit.gib(need.total),
+                file.name, most, need.layers, fit.gib(vram or 0), fit.gib(need.total),
             )  # fmt: skip
+    elif most != -1 and (layers == -1 or layers > most):
+        raise BackendError(
+            f"model too large for GPU memory: {file.name} with local.nGpuLayers={layers} needs about "
+            f"{fit.gib(fit.vram_needed(need, layers))}, {fit.gib(vram or 0)} free; "
+            f'set local.nGpuLayers to "auto" or at most {most}'
+        )
     ram = fit.ram_needed(need, layers if gpu_offload else 0)
     available = fit.available_memory()
     if available is not None and ram > available:
@@ -161,7 +170,7 @@ class LocalBackend:
             s = self._settings
             gpu = bool(llama_cpp.llama_supports_gpu_offload())
             with _LOADING:
-                n_gpu_layers = check_model_file(path, s, gpu)
+                n_gpu_layers = check_model_file(path, s, gpu, fit.free_vram() if gpu else None)
                 llm = llama_cpp.Llama(
                     model_path=path,
                     # llama.cpp pads the context to a multiple of 256; llama-cpp-python's buffers must match

@@ -88,6 +88,12 @@ def gpu_layers(need: Estimate, vram: int) -> int:
     return max(0, min(need.layers, room // need.per_layer))
 
 
+def vram_needed(need: Estimate, offloaded: int) -> int:
+    """GPU memory for `offloaded` layers (-1: all) and the compute buffers."""
+    layers = need.layers + 1 if offloaded < 0 else min(offloaded, need.layers)
+    return layers * need.per_layer + need.compute + _VRAM_MARGIN
+
+
 def ram_needed(need: Estimate, offloaded: int) -> int:
     """Host memory for the layers that stay on the CPU, plus the compute buffers."""
     if offloaded < 0:

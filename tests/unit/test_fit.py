@@ -12,7 +12,7 @@ import pytest
 from lsp_server.backends import BackendError
 from lsp_server.backends.local import check_model_file
 from lsp_server.config import Settings
-from lsp_server.models.fit import MIB, Estimate, estimate, gpu_layers, ram_needed
+from lsp_server.models.fit import MIB, Estimate, estimate, gpu_layers, ram_needed, vram_needed
 from lsp_server.models.gguf import read_gguf
 from tests.loopback import embedded_model
 
@@ -67,16 +67,27 @@ def test_gpu_layers_for_free_vram(vram: int, layers: int) -> None:
     assert gpu_layers(NEED, vram) == layers
 
 
-def test_ram_needed_counts_only_cpu_layers() -> None:
+def test_memory_needed_on_each_side() -> None:
+    assert vram_needed(NEED, -1) == 8 * 2**30 + 768 * MIB
+    assert vram_needed(NEED, 16) == 4 * 2**30 + 768 * MIB
     assert ram_needed(NEED, -1) == NEED.compute
     assert ram_needed(NEED, 0) == NEED.total
     assert ram_needed(NEED, 16) == 16 * NEED.per_layer + NEED.compute
 
 
-def test_check_model_file_keeps_a_user_setting_and_defaults_to_all_without_a_gpu() -> None:
+def test_gpu_layers_of_the_embedded_model(caplog: pytest.LogCaptureFixture) -> None:
     path = str(embedded_model())
-    assert check_model_file(path, Settings(), gpu_offload=False) == -1
-    assert check_model_file(path, Settings(n_gpu_layers=7), gpu_offload=True) == 7
+    need = estimate(read_gguf(path), Settings().context_size)
+    assert check_model_file(path, Settings(), gpu_offload=False) == -1  # CPU build: nothing to choose
+    assert check_model_file(path, Settings(), gpu_offload=True) == -1  # no VRAM reading (no CUDA): all
+    assert check_model_file(path, Settings(), gpu_offload=True, vram=8 * 2**30) == -1
+    half = vram_needed(need, 9)
+    with caplog.at_level("INFO", logger="lsp_server.backends.local"):
+        assert check_model_file(path, Settings(), gpu_offload=True, vram=half) == 9
+    assert "9 of 18 layers fit" in caplog.text
+    assert check_model_file(path, Settings(n_gpu_layers=7), gpu_offload=True, vram=half) == 7  # the user's choice
+    with pytest.raises(BackendError, match=r'too large for GPU memory: .*nGpuLayers=-1 .* "auto" or at most 9'):
+        check_model_file(path, Settings(n_gpu_layers=-1), gpu_offload=True, vram=half)
 
 
 def test_context_too_large_for_memory_is_refused_before_loading() -> None:
