@@ -264,11 +264,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("architecture", info["architecture"]),
         ("parameters", _count(info["parameters"]) if info["parameters"] else "none (vocabulary only)"),
         ("quantization", info["quantization"] or "-"),
-        ("context", f"{info['contextLength']} tokens (trained)"),
+        ("context", f"{info['contextLength']} tokens (trained)" if info["contextLength"] else "-"),
         ("layers", f"{info['layers']}, embedding {info['embedding']}, heads {info['heads']}/{info['kvHeads']} (kv)"),
         ("FIM tokens", ", ".join(f"{k}={v!r}" for k, v in info["fimTokens"].items()) or "none in metadata"),
         ("FIM format", f"{fim['family']} ({fim['order']})" if fim else "none: prefix-only completion"),
-        ("chat template", f"{len(chat)} characters" if chat else "none"),
+        ("chat template", f"{len(chat)} characters: {chat.strip().splitlines()[0][:60]}" if chat else "none"),
         (
             "memory",
             f"{fit.gib(memory['total'])} at context {memory['contextSize']} (weights {fit.gib(memory['weights'])},"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lsp_server.models.cards import load_cards
 from tests.loopback import embedded_model
+from tests.unit.test_gguf_meta import write_metadata_only_gguf
 
 REPO = Path(__file__).resolve().parents[2]
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -44,6 +45,10 @@ def test_info_reads_metadata(tmp_path: Path) -> None:
     assert info["memory"]["kvCache"] == 18 * 2048 * 512 * 2
     vocab = json.loads(tandem(tmp_path, "info", "--json", str(REPO / ".cache/vocab/ggml-vocab-starcoder.gguf")).stdout)
     assert vocab["fim"]["family"] == "starcoder" and vocab["fimTokens"] == {}
+    meta = tandem(tmp_path, "info", str(write_metadata_only_gguf(tmp_path / "meta.gguf")))
+    assert "chat template  60 characters: {% for m in messages %}<|im_start|>" in meta.stdout, meta.stdout
+    assert "FIM format     gguf (prefix-first)" in meta.stdout
+    assert "FIM tokens     pre='<|fim_prefix|>', suf='<|fim_suffix|>', mid='<|fim_middle|>'" in meta.stdout
     missing = tandem(tmp_path, "info", str(tmp_path / "nope.gguf"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
 

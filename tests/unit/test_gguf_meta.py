@@ -86,3 +86,42 @@ def test_unreadable_files_are_refused(tmp_path: Path, content: bytes, message: s
 def test_missing_file() -> None:
     with pytest.raises(GgufError, match="cannot read"):
         read_gguf("/nonexistent/model.gguf")
+
+
+CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% endfor %}"
+
+
+def write_metadata_only_gguf(path: Path) -> Path:
+    """A GGUF without tensors whose metadata has every value type, FIM token ids and a chat template."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_name("Qwen2.5-Coder-1.5B")
+    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_token_list(["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "x"])
+    writer.add_uint32("tokenizer.ggml.fim_pre_token_id", 0)
+    writer.add_uint32("tokenizer.ggml.fim_suf_token_id", 1)
+    writer.add_uint32("tokenizer.ggml.fim_mid_token_id", 2)
+    writer.add_int8("t.i8", -3)
+    writer.add_uint16("t.u16", 65535)
+    writer.add_int64("t.i64", -(2**40))
+    writer.add_float64("t.f64", 0.25)
+    writer.add_bool("t.bool", True)
+    writer.add_array("t.ints", [1, 2, 3])
+    writer.add_array("t.nested", [[1, 2], [3]])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_every_value_type_and_the_chat_template(tmp_path: Path) -> None:
+    model = read_gguf(write_metadata_only_gguf(tmp_path / "meta.gguf"))
+    meta = model.metadata
+    assert (meta["t.i8"], meta["t.u16"], meta["t.i64"]) == (-3, 65535, -(2**40))
+    assert (meta["t.f64"], meta["t.bool"]) == (0.25, True)
+    assert meta["t.ints"] == [1, 2, 3]
+    assert meta["t.nested"] == [[1, 2], [3]]
+    assert meta["tokenizer.chat_template"] == CHAT_TEMPLATE
+    assert model.fim_tokens() == {"pre": "<|fim_prefix|>", "suf": "<|fim_suffix|>", "mid": "<|fim_middle|>"}
