@@ -71,6 +71,14 @@ def test_pull_verify_use_the_embedded_model(tmp_path: Path) -> None:
     assert (gemma["downloaded"], gemma["active"]) == ("yes", "completion")
     assert gemma["fit"] in ("fits GPU", "fits CPU")  # read from the file's header now
 
+    (model.parent / "mistral-7b-instruct-v0.2.Q4_K_M.gguf").symlink_to(model)  # stands in for a downloaded file
+    assert tandem(tmp_path, "use", "mistral-7b-instruct").returncode == 0  # a chat-only card: the chat role
+    assert json.loads((tmp_path / "settings.json").read_text()) == {
+        "local.modelPath": str(model),
+        "local.chatModelPath": str(model.parent / "mistral-7b-instruct-v0.2.Q4_K_M.gguf"),
+    }
+    (model.parent / "mistral-7b-instruct-v0.2.Q4_K_M.gguf").unlink()
+
     with model.open("r+b") as handle:  # a flipped byte in the weights
         handle.seek(-1, os.SEEK_END)
         last = handle.read(1)
