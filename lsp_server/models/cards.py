@@ -27,11 +27,15 @@ class Fim:
     """A family's fill-in-the-middle format, for GGUFs whose metadata lacks `fim_*` tokens."""
 
     prefix: str
+    """Marker before the text preceding the cursor."""
     suffix: str
+    """Marker before the text following the cursor."""
     middle: str
-    """Empty for families without a middle marker (Codestral)."""
+    """Marker after which the model writes; empty for families without one (Codestral)."""
     order: Order
+    """prefix-first (PSM) or suffix-first (SPM) layout."""
     stop: tuple[str, ...]
+    """Strings the family emits once the middle is done."""
     names: tuple[str, ...]
     """Regular expressions matched against model names lower-cased without punctuation."""
 
@@ -47,6 +51,7 @@ class Quant:
     size: int
     """Size in bytes (approximate where the card's source listed it rounded)."""
     urls: tuple[str, ...] = ()
+    """Where to download it, tried in order."""
     sha256: str | None = None
     """Known checksum; None: `pull` uses the one the server states."""
     package: str | None = None
@@ -58,14 +63,22 @@ class Card:
     """What tandem knows about one model."""
 
     name: str
+    """What `tandem models pull NAME` takes."""
     title: str
+    """Name for people."""
     family: str
+    """Model family; cards of one family share a FIM format."""
     roles: tuple[Role, ...]
+    """What it suits: completion, chat, or both."""
     parameters: str
+    """Parameter count as the makers state it (1.5B)."""
     context_length: int
+    """Context the model was trained for, in tokens."""
     license: str
     quants: tuple[Quant, ...]
+    """Recommended quantizations, the first one the default."""
     fim: Fim | None = None
+    """None: no fill-in-the-middle (chat models, the embedded Gemma)."""
 
     def quant(self, name: str | None = None) -> Quant:
         """The named quantization, or the card's first (recommended) one."""
