@@ -48,8 +48,11 @@ def embedded_model() -> Path:
 
 
 @contextlib.contextmanager
-def llama_server(model: Path, start_timeout_s: float = 120.0) -> Iterator[str]:
-    """Run `python -m llama_cpp.server` on a free port; yield its base URL (without /v1)."""
+def llama_server(model: Path, start_timeout_s: float = 120.0, alias: str | None = None) -> Iterator[str]:
+    """Run `python -m llama_cpp.server` on a free port; yield its base URL (without /v1).
+
+    `alias` is the model's name at `/v1/models` (by default its path).
+    """
     port = free_port()
     # A file, not a pipe: llama.cpp logs enough while loading to fill a pipe and block.
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the server stops)
@@ -69,6 +72,7 @@ def llama_server(model: Path, start_timeout_s: float = 120.0) -> Iterator[str]:
             # Without it llama-cpp-python 0.3.36 falls back to the llama-2 format for this GGUF.
             "--chat_format",
             "gemma",
+            *(["--model_alias", alias] if alias else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=log,

@@ -16,7 +16,8 @@ from lsp_server.backends.openai_compat import LINE_MAX_TOKENS
 from lsp_server.session import plain
 from tests.conftest import REPO, Client, start_client
 from tests.e2e.test_completion import inline_params, ledger_rows
-from tests.loopback import Fault, FaultProxy, network_address
+from tests.loopback import Fault, FaultProxy, llama_server, network_address
+from tests.tiny_gguf import write_tiny_fim_model
 
 URI = (REPO / "fleet_sample.py").as_uri()
 LINE = "def add(a, b):\n    return "
@@ -177,3 +178,26 @@ async def test_denied_files_never_reach_an_endpoint_on_another_machine(upstream:
         assert [s.path for s in remote.state.seen] == ["/v1/completions"]
     finally:
         remote.close()
+
+
+async def test_a_fim_model_on_the_fleet_gets_its_fim_prompt(start: Start, tmp_path: Path) -> None:
+    model = write_tiny_fim_model(tmp_path / "tiny-fim.gguf")  # StarCoder's markers, random weights
+    with llama_server(model, alias="tiny-starcoder") as url:  # the name a team's server lists
+        proxy = FaultProxy(url)
+        try:
+            client = await start(proxy.url)
+            text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
+            open_doc(client, text)
+            params = inline_params(types.Position(1, len("    return ")), invoked=True, uri=URI)
+            result = await client.text_document_inline_completion_async(params)
+            assert isinstance(result, types.InlineCompletionList)  # random weights: any text, or none
+            [request] = proxy.state.seen
+            assert request.body["model"] == "tiny-starcoder" and request.upstream_done
+            prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+            assert request.body["prompt"] == f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"
+            assert proxy.state.usage is not None
+            [row] = await recorded(client, tmp_path)
+            assert (row["backend"], row["model"]) == ("endpoint", "tiny-starcoder")
+            assert row["prompt_tokens"] == proxy.state.usage["prompt_tokens"] > 0
+        finally:
+            proxy.close()
