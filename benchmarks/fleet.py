@@ -63,7 +63,8 @@ def plan(source: str, offset: int, pauses: int, seed: int) -> tuple[str, list[st
     """The opening text at `offset` and bursts of typing after it that end where people pause."""
     rng = random.Random(seed)
     opening, rest = source[offset : offset + OPENING_CHARS], source[offset + OPENING_CHARS :]
-    bursts, start = [], 0
+    bursts: list[str] = []
+    start = 0
     while len(bursts) < pauses and start < len(rest):
         end = start + rng.randint(8, 30)
         cuts = [rest.find(mark, end) + len(mark) for mark in PAUSE_AFTER if rest.find(mark, end) >= 0]

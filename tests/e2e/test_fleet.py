@@ -151,6 +151,7 @@ async def test_a_superseded_completion_closes_its_stream_at_the_fleet(
     assert not old.upstream_done and old.events < 64  # closed mid-stream, the upstream connection with it
     counters = (await command(client, "tandem.status"))["counters"]
     assert counters["cancelledGenerations"] == 1 and counters["generations"] == 2
+    assert counters["errors"] == 0 and client.messages == []  # closing on purpose is not a failure
     rows = await recorded(client, tmp_path)
     assert (rows[0]["backend"], rows[0]["outcome"]) == ("endpoint", "cancelled")
     assert rows[0]["estimated"] and 0 < rows[0]["completion_tokens"] < 64  # the text that arrived, counted
