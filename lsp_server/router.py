@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 from lsp_server.backends import CompletionBackend
 from lsp_server.backends.openai_compat import OpenAICompatBackend
@@ -89,7 +90,8 @@ class Router:
             return None
         # Text sent to a team's server leaves this machine as surely as text sent to the cloud.
         denied = cloud_denied(path, self.root, self.settings.cloud_deny)
-        return None if denied is None else f"Not sent to the team endpoint {endpoint}: {denied}."
+        host = urlsplit(endpoint).hostname  # not the whole URL: it may carry a password
+        return None if denied is None else f"Not sent to the team endpoint at {host}: {denied}."
 
     def _local(self, task: str, path: str, why: str | None, outcome: Literal["ok", "fallback"]) -> Route:
         if (held := self.endpoint_denied(path)) is not None:

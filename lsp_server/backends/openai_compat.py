@@ -90,8 +90,8 @@ class OpenAICompatBackend:
 
     def stream(self, prompt: TextPrompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
         """Stream a raw completion (`/v1/completions`); fill `report`; closing it closes the HTTP stream."""
-        # llama_cpp.server notices a closed stream only at its next token, and vLLM or a load balancer
-        # may not at all: the request itself must bound what a superseded completion can cost the fleet.
+        # A server notices a closed stream at its next token at best (never during prompt evaluation),
+        # one behind a proxy that keeps the upstream open not at all: the request bounds what it can cost.
         single_line = "\n" in prompt.stop
         max_tokens = min(prompt.max_tokens, LINE_MAX_TOKENS) if single_line else prompt.max_tokens
 
