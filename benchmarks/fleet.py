@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import json
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -59,10 +60,12 @@ class User:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-def plan(source: str, offset: int, pauses: int, seed: int) -> tuple[str, list[str]]:
-    """The opening text at `offset` and bursts of typing after it that end where people pause."""
+def plan(source: str, nth: int, pauses: int, seed: int) -> tuple[str, list[str]]:
+    """The text before the `nth` function definition, and bursts typing it that end where people pause."""
     rng = random.Random(seed)
-    opening, rest = source[offset : offset + OPENING_CHARS], source[offset + OPENING_CHARS :]
+    starts = [m.start() + 1 for m in re.finditer(r"\n(?: {4})?def ", source) if m.start() >= OPENING_CHARS]
+    start = starts[nth % len(starts)]
+    opening, rest = source[start - OPENING_CHARS : start], source[start:]
     bursts: list[str] = []
     start = 0
     while len(bursts) < pauses and start < len(rest):
@@ -78,8 +81,7 @@ async def _user(index: int, endpoint: str, pauses: int, go: asyncio.Event, ready
     """Start one editor's `tandem serve`, wait for everyone, then type and pause."""
     sources = _sources()
     source = sources[index % len(sources)]
-    offset = (2500 + (index // len(sources)) * 700) % max(1, len(source) - OPENING_CHARS - 2000)
-    opening, bursts = plan(source, offset, pauses, seed=index)
+    opening, bursts = plan(source, index // len(sources), pauses, seed=index)
     user = User()
     paused_at: float | None = None
     shown_at: list[float] = []
