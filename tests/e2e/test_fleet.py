@@ -15,7 +15,7 @@ from lsprotocol import types
 from lsp_server.backends.openai_compat import LINE_MAX_TOKENS
 from lsp_server.session import plain
 from tests.conftest import REPO, Client, start_client
-from tests.e2e.test_completion import inline_params, ledger_rows
+from tests.e2e.test_completion import inline_params, insert, ledger_rows
 from tests.loopback import Fault, FaultProxy, llama_server, network_address
 from tests.tiny_gguf import write_tiny_fim_model
 
@@ -123,6 +123,26 @@ async def test_a_completion_from_the_fleet_is_capped_and_recorded(
         assert proxy.state.usage is None and row["estimated"]
         assert row["prompt_tokens"] == math.ceil(len(LINE) / 4)
         assert row["completion_tokens"] > 0
+
+
+async def test_a_burst_of_typing_reaches_the_fleet_as_at_most_two_requests(start: Start, proxy: FaultProxy) -> None:
+    client = await start(proxy.url, debounceMs=250)
+    text = LINE
+    open_doc(client, text)
+    pending = []
+    for version, char in enumerate("a + b  # the sum", start=2):
+        insert(client, version, end_of(text), char, URI)
+        text += char
+        pending.append(ask(client, text, invoked=False))  # sent at once, as an editor does on each key
+        await asyncio.sleep(0.06)  # 16 keys a second
+    results = await asyncio.gather(*pending)
+
+    # Each key was answered (superseded: empty; typed into the last suggestion: its rest), and
+    # the debounce kept all but one or two off the fleet.
+    assert all(isinstance(r, types.InlineCompletionList) for r in results)
+    assert 1 <= len(proxy.state.seen) <= 2
+    counters = (await command(client, "tandem.status"))["counters"]
+    assert counters["inlineRequests"] == len(results) and counters["generations"] == len(proxy.state.seen)
 
 
 async def test_a_superseded_completion_closes_its_stream_at_the_fleet(
