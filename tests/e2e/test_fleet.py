@@ -153,13 +153,7 @@ async def test_a_superseded_completion_closes_its_stream_at_the_fleet(
     open_doc(client, BLOCK)
     first = ask(client, BLOCK, invoked=False)
     await until(lambda: proxy.state.seen and proxy.state.seen[0].events >= 2)
-    at = end_of(BLOCK)
-    client.text_document_did_change(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
-            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(at, at), text="    ")],
-        )
-    )
+    insert(client, 2, end_of(BLOCK), "    ", URI)
     typed = BLOCK + "    "
     second = ask(client, typed, invoked=False)
     assert not (await first).items  # superseded
