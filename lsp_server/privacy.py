@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
+from urllib.parse import urlsplit
 
 IGNORE_FILE = ".tandemignore"
 
@@ -29,6 +31,17 @@ def cloud_denied(path: str, root: str | None, deny_globs: Sequence[str]) -> str 
     if line is not None:
         return f"{rel} is listed in {IGNORE_FILE} ({line!r})"
     return None
+
+
+def leaves_machine(url: str) -> bool:
+    """True unless `url` names this machine by a loopback address or `localhost`."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere, so it counts as another machine
+        return True
 
 
 def _relative(path: str, root: str | None) -> str | None:

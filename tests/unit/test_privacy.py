@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lsp_server.config import Settings
-from lsp_server.privacy import AuditLog, cloud_denied, redact, restore
+from lsp_server.privacy import AuditLog, cloud_denied, leaves_machine, redact, restore
 
 DEFAULT_DENY = Settings().cloud_deny
 IGNORE = """\
@@ -63,6 +63,23 @@ def test_cloud_denied_outside_the_workspace_checks_names_only(tmp_path: Path) ->
 def test_custom_globs_match_the_relative_path(tmp_path: Path) -> None:
     assert cloud_denied(str(tmp_path / "config" / "prod.json"), str(tmp_path), ["config/*.json"])
     assert cloud_denied(str(tmp_path / "prod.json"), str(tmp_path), ["config/*.json"]) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "leaves"),
+    [
+        pytest.param("http://127.0.0.1:8080", False, id="loopback-v4"),
+        pytest.param("http://127.3.4.5:8080/v1", False, id="loopback-range"),
+        pytest.param("http://[::1]:8000", False, id="loopback-v6"),
+        pytest.param("http://LocalHost.:8000", False, id="localhost"),
+        pytest.param("http://10.0.0.7:8000/v1", True, id="private-network"),
+        pytest.param("https://gpu-pool.internal", True, id="host-name"),
+        pytest.param("http://localhost.example.com", True, id="localhost-lookalike"),
+        pytest.param("http://0.0.0.0:8000", True, id="unspecified"),
+    ],
+)
+def test_leaves_machine(url: str, leaves: bool) -> None:
+    assert leaves_machine(url) is leaves
 
 
 PEM = (

@@ -247,3 +247,29 @@ def test_real_budget_over_the_daily_limit(tmp_path: Path, ledger: Ledger) -> Non
     )
     assert route.backend == "local" and route.outcome == "fallback"
     assert route.reason is not None and "today" in route.reason and "runs on the local model" in route.reason
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "task", "file", "expected"),
+    [
+        pytest.param("http://gpu-pool.internal:8000", "completion", "secrets.py", "denied", id="remote-denied-file"),
+        pytest.param("http://u:pw@gpu-pool.internal:8000", "explain", ".env", "denied", id="remote-denied-explain"),
+        pytest.param("http://gpu-pool.internal:8000", "completion", "app.py", "local", id="remote-ordinary-file"),
+        pytest.param("http://127.0.0.1:8000", "completion", "secrets.py", "local", id="loopback-denied-file"),
+        pytest.param(None, "explain", ".env", "local", id="in-process-model"),
+    ],
+)
+def test_denied_files_stay_off_an_endpoint_on_another_machine(
+    tmp_path: Path, endpoint: str | None, task: str, file: str, expected: str
+) -> None:
+    settings = dataclasses.replace(Settings(), local_endpoint=endpoint)
+    router = Router(settings, local(), None, None, str(tmp_path))
+    path = str(tmp_path / file)
+    route = router.decide(task, path, 100, 800)
+    if expected == "denied":
+        assert (route.backend, route.outcome) == ("none", "denied")
+        reason = router.endpoint_denied(path)
+        assert reason is not None and route.reason is not None and reason in route.reason
+        assert "at gpu-pool.internal:" in reason and "privacy.cloudDeny" in reason and "pw" not in reason
+    else:
+        assert route.backend == "local" and router.endpoint_denied(path) is None

@@ -1,0 +1,218 @@
+"""End to end: completions from a team's OpenAI-compatible server (`local.endpoint`) through the real
+tandem server, with `python -m llama_cpp.server` on loopback behind a proxy that shows the HTTP side."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lsprotocol import types
+
+from lsp_server.backends.openai_compat import LINE_MAX_TOKENS
+from lsp_server.session import plain
+from tests.conftest import REPO, Client, start_client
+from tests.e2e.test_completion import inline_params, insert, ledger_rows
+from tests.loopback import Fault, FaultProxy, llama_server, network_address
+from tests.tiny_gguf import write_tiny_fim_model
+
+URI = (REPO / "fleet_sample.py").as_uri()
+LINE = "def add(a, b):\n    return "
+"""Ends mid-line: a single-line suggestion."""
+BLOCK = "import os\n\n\ndef list_python_files(folder):\n"
+"""Ends at a block start: a multi-line suggestion."""
+Start = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture(scope="module")
+def module_proxy(upstream: str) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(upstream)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def proxy(module_proxy: FaultProxy) -> FaultProxy:
+    """The team's server as tandem sees it: passing requests through, nothing seen yet."""
+    module_proxy.reset()
+    return module_proxy
+
+
+@pytest.fixture
+async def start(tmp_path: Path) -> AsyncIterator[Start]:
+    """Start `tandem serve` with `local.endpoint` and further completion settings; stopped after the test."""
+    started: list[Client] = []
+
+    async def run(endpoint: str, **completion: Any) -> Client:
+        options = {"local": {"endpoint": endpoint.removesuffix("/v1")}, "completion": completion}
+        client = await start_client(tmp_path, "visual-studio-code", options, {"OPENAI_API_KEY": ""})
+        started.append(client)
+        return client
+
+    yield run
+    for client in started:
+        await client.shutdown_session()
+        await client.stop()
+
+
+def open_doc(client: Client, text: str, uri: str = URI) -> None:
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text))
+    )
+
+
+def end_of(text: str) -> types.Position:
+    lines = text.split("\n")
+    return types.Position(len(lines) - 1, len(lines[-1]))
+
+
+def ask(client: Client, text: str, uri: str = URI, invoked: bool = True) -> asyncio.Future[Any]:
+    return asyncio.ensure_future(
+        client.text_document_inline_completion_async(inline_params(end_of(text), invoked, uri))
+    )
+
+
+async def command(client: Client, name: str, *arguments: Any) -> dict[str, Any]:
+    result = await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command=name, arguments=list(arguments))
+    )
+    return dict(plain(result))
+
+
+async def recorded(client: Client, data_dir: Path) -> list[dict[str, Any]]:
+    await command(client, "tandem.usage")  # waits for the ledger's writer
+    return ledger_rows(data_dir)
+
+
+async def until(predicate: Callable[[], Any], timeout_s: float = 60.0) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.mark.parametrize("usage", ["reported", "omitted"])
+async def test_a_completion_from_the_fleet_is_capped_and_recorded(
+    start: Start, proxy: FaultProxy, tmp_path: Path, usage: str
+) -> None:
+    proxy.reset(Fault("no_usage") if usage == "omitted" else Fault())
+    client = await start(proxy.url)
+    open_doc(client, LINE)
+    result = await ask(client, LINE)
+
+    assert result.items and result.items[0].insert_text.strip()
+    [request] = proxy.state.seen
+    served = request.body["model"]
+    assert request.path == "/v1/completions" and served.endswith(".gguf")
+    assert request.body["prompt"] == LINE  # the embedded model has no FIM tokens: the prefix alone
+    # A single line: the server stops at its end, and never runs longer than a line can be.
+    assert request.body["stop"] == ["\n"] and request.body["max_tokens"] == LINE_MAX_TOKENS
+    assert request.body["stream"] is True and request.upstream_done and not request.client_left
+    [row] = await recorded(client, tmp_path)
+    assert (row["task"], row["backend"], row["model"], row["outcome"]) == ("completion", "endpoint", served, "ok")
+    assert row["first_token_ms"] > 0 and row["total_ms"] >= row["first_token_ms"]
+    if usage == "reported":
+        assert proxy.state.usage is not None and not row["estimated"]
+        assert row["prompt_tokens"] == proxy.state.usage["prompt_tokens"] > 0
+        assert row["completion_tokens"] == proxy.state.usage["completion_tokens"] > 0
+    else:  # llama_cpp.server itself sends no usage in a stream: tandem estimates it, and says so
+        assert proxy.state.usage is None and row["estimated"]
+        assert row["prompt_tokens"] == math.ceil(len(LINE) / 4)
+        assert row["completion_tokens"] > 0
+
+
+async def test_a_burst_of_typing_reaches_the_fleet_as_at_most_two_requests(start: Start, proxy: FaultProxy) -> None:
+    client = await start(proxy.url, debounceMs=250)
+    text = LINE
+    open_doc(client, text)
+    pending = []
+    for version, char in enumerate("a + b  # the sum", start=2):
+        insert(client, version, end_of(text), char, URI)
+        text += char
+        pending.append(ask(client, text, invoked=False))  # sent at once, as an editor does on each key
+        await asyncio.sleep(0.06)  # 16 keys a second
+    results = await asyncio.gather(*pending)
+
+    # Each key was answered (superseded: empty; typed into the last suggestion: its rest), and
+    # the debounce kept all but one or two off the fleet.
+    assert all(isinstance(r, types.InlineCompletionList) for r in results)
+    assert 1 <= len(proxy.state.seen) <= 2
+    counters = (await command(client, "tandem.status"))["counters"]
+    assert counters["inlineRequests"] == len(results) and counters["generations"] == len(proxy.state.seen)
+
+
+async def test_a_superseded_completion_closes_its_stream_at_the_fleet(
+    start: Start, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    proxy.reset(Fault("slow", times=1, delay_s=0.25))  # the first reply trickles: it is still running
+    client = await start(proxy.url, multiline="always", maxTokens=64, debounceMs=0)
+    open_doc(client, BLOCK)
+    first = ask(client, BLOCK, invoked=False)
+    await until(lambda: proxy.state.seen and proxy.state.seen[0].events >= 2)
+    insert(client, 2, end_of(BLOCK), "    ", URI)
+    typed = BLOCK + "    "
+    second = ask(client, typed, invoked=False)
+    assert not (await first).items  # superseded
+    await second
+
+    old = proxy.state.seen[0]
+    assert old.body["max_tokens"] == 64  # what the fleet may spend on it even if it never notices
+    await until(lambda: old.client_left, timeout_s=10)
+    assert not old.upstream_done and old.events < 64  # closed mid-stream, the upstream connection with it
+    counters = (await command(client, "tandem.status"))["counters"]
+    assert counters["cancelledGenerations"] == 1 and counters["generations"] == 2
+    assert counters["errors"] == 0 and client.messages == []  # closing on purpose is not a failure
+    rows = await recorded(client, tmp_path)
+    assert (rows[0]["backend"], rows[0]["outcome"]) == ("endpoint", "cancelled")
+    assert rows[0]["estimated"] and 0 < rows[0]["completion_tokens"] < 64  # the text that arrived, counted
+    assert rows[1]["outcome"] in ("ok", "empty")
+
+
+async def test_denied_files_never_reach_an_endpoint_on_another_machine(upstream: str, start: Start) -> None:
+    remote = FaultProxy(upstream, host=network_address())  # a real server, reached over the network
+    try:
+        client = await start(remote.url)
+        secret_uri = (REPO / "secrets.py").as_uri()  # matches the default privacy.cloudDeny 'secrets.*'
+        text = "DATABASE_PASSWORD = "
+        open_doc(client, text, secret_uri)
+        open_doc(client, LINE)
+
+        assert not (await ask(client, text, secret_uri)).items
+        whole = {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": len(text)}}
+        explained = await command(client, "tandem.explain", {"uri": secret_uri, "range": whole})
+        assert remote.state.seen == []
+        assert explained["backend"] == "none" and explained["outcome"] == "denied"
+        assert "Not sent to the team endpoint" in explained["text"] and "'secrets.*'" in explained["text"]
+        shown = [m.message for m in client.messages]
+        assert any("Not sent to the team endpoint" in m and "No completions in this file" in m for m in shown)
+        assert (await ask(client, LINE)).items  # other files are served by the same endpoint
+        assert [s.path for s in remote.state.seen] == ["/v1/completions"]
+    finally:
+        remote.close()
+
+
+async def test_a_fim_model_on_the_fleet_gets_its_fim_prompt(start: Start, tmp_path: Path) -> None:
+    model = write_tiny_fim_model(tmp_path / "tiny-fim.gguf")  # StarCoder's markers, random weights
+    with llama_server(model, alias="tiny-starcoder") as url:  # the name a team's server lists
+        proxy = FaultProxy(url)
+        try:
+            client = await start(proxy.url)
+            text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
+            open_doc(client, text)
+            params = inline_params(types.Position(1, len("    return ")), invoked=True, uri=URI)
+            result = await client.text_document_inline_completion_async(params)
+            assert isinstance(result, types.InlineCompletionList)  # random weights: any text, or none
+            [request] = proxy.state.seen
+            assert request.body["model"] == "tiny-starcoder" and request.upstream_done
+            prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+            assert request.body["prompt"] == f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"
+            assert proxy.state.usage is not None
+            [row] = await recorded(client, tmp_path)
+            assert (row["backend"], row["model"]) == ("endpoint", "tiny-starcoder")
+            assert row["prompt_tokens"] == proxy.state.usage["prompt_tokens"] > 0
+        finally:
+            proxy.close()
