@@ -25,7 +25,8 @@ from lsprotocol import types
 
 from lsp_server.config import Settings
 
-PACKAGES = ("openai", "pygls", "httpx")
+PACKAGES = ("openai", "pygls", "httpx", "httpx2")
+"""Default corpus: code no one here wrote; those not installed are skipped (openai pulls in httpx or httpx2)."""
 _BLOCK_OPENER = re.compile(r"^\s*(?:async\s+def|def|class|if|elif|else|for|while|with|try|except|finally)\b.*:\s*$")
 
 
@@ -75,16 +76,20 @@ class Run:
     details: list[dict[str, Any]] = field(default_factory=list)
 
 
-def corpus(packages: tuple[str, ...] = PACKAGES) -> list[Path]:
-    """The Python sources of installed third-party packages, sorted for determinism."""
+def corpus(packages: tuple[str, ...] = PACKAGES) -> tuple[list[str], list[Path]]:
+    """The installed ones of `packages`, and their Python sources sorted for determinism."""
+    found: list[str] = []
     files: list[Path] = []
     for name in packages:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
-            raise SystemExit(f"tandem eval: package {name!r} is not installed")
+            continue
+        found.append(name)
         for location in spec.submodule_search_locations:
             files.extend(p for p in Path(location).rglob("*.py") if p.stat().st_size > 2000)
-    return sorted(set(files))
+    if not files:
+        raise SystemExit(f"tandem eval: none of the packages {', '.join(packages)} is installed")
+    return found, sorted(set(files))
 
 
 def _line_hole(path: Path, source: str, rng: random.Random) -> Hole | None:
@@ -325,8 +330,8 @@ def run(args: argparse.Namespace) -> int:
     from lsp_server.backends.local import embedded_model_path
     from lsp_server.config import cache_dir
 
-    packages = [p for p in args.packages.split(",") if p]
-    holes = cut_holes(corpus(tuple(packages)), args.holes, args.seed)
+    packages, files = corpus(tuple(p for p in args.packages.split(",") if p))
+    holes = cut_holes(files, args.holes, args.seed)
     model_path = args.model or str(embedded_model_path(cache_dir()))
     work = Path(tempfile.mkdtemp(prefix="tandem-eval-"))
     server_answers = asyncio.run(ask_server(holes, args.model, work / "server.log", work))
