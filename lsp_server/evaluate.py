@@ -206,6 +206,21 @@ def score(holes: list[Hole], answers: list[Answer]) -> Metrics:
     )
 
 
+_RELATIVE_IMPORT = re.compile(r"^from \.(\w+) import", re.MULTILINE)
+
+
+def neighbours(hole: Hole, most: int = 3) -> list[Path]:
+    """Sibling modules the hole's file imports: what a person editing it would have open too."""
+    folder = Path(hole.path).parent
+    found = []
+    for name in dict.fromkeys(_RELATIVE_IMPORT.findall(hole.text)):
+        for candidate in (folder / f"{name}.py", folder / name / "__init__.py"):
+            if candidate.is_file() and str(candidate) != hole.path:
+                found.append(candidate)
+                break
+    return found[:most]
+
+
 def _position(text: str, offset: int) -> types.Position:
     before = text[:offset]
     line = before.count("\n")
@@ -214,7 +229,8 @@ def _position(text: str, offset: int) -> types.Position:
 
 
 async def ask_server(holes: list[Hole], model: str | None, log: Path, data_dir: Path) -> list[Answer]:
-    """Each hole through the real server, as an editor does: didOpen, an invoked inlineCompletion, didClose."""
+    """Each hole through the real server, as an editor does: didOpen (the file and the siblings it imports),
+    an invoked inlineCompletion, didClose."""
     from lsp_server.session import Session
 
     session = Session("file:///eval/unused.py")
@@ -227,6 +243,10 @@ async def ask_server(holes: list[Hole], model: str | None, log: Path, data_dir: 
     client = session.client
     for n, hole in enumerate(holes):
         uri = f"file:///eval/{n}/{Path(hole.path).name}"
+        opened = [f"file:///eval/{n}/open/{path.name}" for path in neighbours(hole)]
+        for other, path in zip(opened, neighbours(hole), strict=True):
+            item = types.TextDocumentItem(other, "python", 1, path.read_text(encoding="utf-8", errors="replace"))
+            client.text_document_did_open(types.DidOpenTextDocumentParams(item))
         client.text_document_did_open(
             types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, "python", 1, hole.text))
         )
@@ -241,7 +261,8 @@ async def ask_server(holes: list[Hole], model: str | None, log: Path, data_dir: 
         items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
         text = items[0].insert_text if items else ""
         answers.append(Answer(text if isinstance(text, str) else text.value, ms))
-        client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
+        for closed in [uri, *opened]:
+            client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(closed)))
     await session.stop()
     return answers
 
