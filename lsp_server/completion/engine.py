@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 # in the middle of code a suggestion would have to rewrite what is already there.
 _COMPLETABLE_SUFFIX = re.compile(r"[\s)\]}>'\"`;:,.]*")
 _MAX_LINES = 12
-# Below this mean token log-probability a suggestion is more often wrong than useful (tuned with
-# `tandem eval`): an empty suggestion is better than a wrong one.
-_MIN_MEAN_LOGPROB = -1.5
+# Below this mean token log-probability a suggestion is almost never right: an empty suggestion is
+# better than a wrong one. On `tandem eval` every threshold above -1.75 dropped some partly right
+# suggestions (mostly prose in comments and docstrings), so this stays just below.
+_MIN_MEAN_LOGPROB = -2.0
 
 
 @dataclass(frozen=True)
