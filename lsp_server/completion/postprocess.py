@@ -141,11 +141,12 @@ def ends_in_loop(text: str) -> bool:
     return False
 
 
-def repeats_nearby(completion: str, line_prefix: str, preceding: str, following: str, lines: int = 3) -> bool:
+def repeats_nearby(completion: str, line_prefix: str, preceding: str, following: str, lines: int = 1) -> bool:
     """True when the completed line is a copy of one of the `lines` non-blank lines above or below it.
 
     A small model that has nothing to say often copies the line above, or the next line, which the
-    user then has twice. Short lines (`pass`, `else:`, closers) legitimately repeat and are kept.
+    user then has twice. Short lines (`pass`, `else:`, closers) legitimately repeat and are kept; so
+    do lines a few lines away (boilerplate classes repeat `self._x = x` three lines apart: measured).
     """
     landed = (line_prefix + first_line(completion)).strip()
     if len(landed) < 8:

@@ -322,8 +322,14 @@ def test_ends_in_loop(text: str, expected: bool) -> None:
         pytest.param("self.close()", "    ", "", "\n    self.close()\n", True, id="copies-next-line"),
         pytest.param("self.open()", "    ", "    a = 1", "    self.close()", False, id="new-line"),
         pytest.param("ss", "    pa", "    pass", "", False, id="short-lines-repeat-legitimately"),
+        pytest.param("return value", "    ", "    return value\n    a = 1", "", False, id="only-the-adjacent-line"),
         pytest.param(
-            "return value", "    ", "    return value\n    a\n    b\n    c", "", False, id="only-three-lines-back"
+            "self._events = events",
+            "        ",
+            "    def __init__(self, events):",
+            "\nclass Other:\n    def __init__(self, events):\n        self._events = events\n",
+            False,
+            id="boilerplate-a-few-lines-away",
         ),
     ],
 )
