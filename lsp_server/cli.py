@@ -1,4 +1,4 @@
-"""The `tandem` command: serve, demo, usage, models, bench."""
+"""The `tandem` command: serve, demo, usage, models, eval, bench."""
 
 from __future__ import annotations
 
@@ -65,6 +65,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from lsp_server import evaluate
+
+    return evaluate.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tandem` console script."""
     parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
@@ -85,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=text, add_help=False)
         sub.add_argument("rest", nargs=argparse.REMAINDER)
         sub.set_defaults(run=run)
+    from lsp_server.evaluate import add_arguments
+
+    evaluate = commands.add_parser("eval", help="completion quality on holes cut in real code, server vs raw model")
+    add_arguments(evaluate)
+    evaluate.set_defaults(run=_eval)
     args = parser.parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,

@@ -308,6 +308,13 @@ class TandemServer(LanguageServer):
             self.ledger.close()
 
 
+def _other_documents(server: TandemServer, doc: Document, most: int = 8) -> tuple[tuple[str, str], ...]:
+    """The other open documents in `doc`'s language, most recently opened first, for prompt context."""
+    others = [(d.uri, d.text) for d in server.documents.values() if d.language_id == doc.language_id]
+    others = [(uri, text) for uri, text in others if uri != doc.uri]
+    return tuple(reversed(others[-most:]))
+
+
 def _workspace_root(server: TandemServer) -> str:
     try:
         root = server.workspace.root_uri
@@ -364,6 +371,7 @@ def create_server() -> TandemServer:
             selected=selected,
             invoked=params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked,
             workspace=_workspace_root(ls),
+            others=_other_documents(ls, doc),
         )
         version = doc.version
         engine = await ls.ready_engine()  # after the snapshot: the request is about the text as it was

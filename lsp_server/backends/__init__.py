@@ -38,6 +38,7 @@ class Generation:
     total_s: float = 0.0
     cancelled: bool = False
     mean_logprob: float | None = None
+    """Mean log-probability of the generated tokens; None when the backend does not report it."""
 
 
 class BackendError(Exception):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
+from lsp_server.backends.healing import Sampling, TokenIndex, heal, pieces_of
 from lsp_server.completion.prompt import FimTemplate, marker_problems, template_from_gguf
 from lsp_server.config import Settings
 from lsp_server.models import fit
@@ -117,6 +118,7 @@ class LocalBackend:
         self._resolve_path = resolve_path
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._llm: Any = None  # touched only by the worker thread
+        self._index: TokenIndex | None = None  # likewise
         self._loaded: asyncio.Future[ModelInfo] | None = None
         self.loaded: ModelInfo | None = None
         """The model, once loaded."""
@@ -220,6 +222,14 @@ class LocalBackend:
             f"FIM {template.family}" if template else "prefix-only (no FIM tokens)",
         )
         settle(info, None)
+        self._token_index()  # now, before the first completion waits for it
+
+    def _token_index(self) -> TokenIndex:
+        """The loaded model's vocabulary, indexed for token healing on first use (about a second)."""
+        if self._index is None:
+            llm = self._llm
+            self._index = TokenIndex(pieces_of(llm.detokenize, llm.n_vocab()))
+        return self._index
 
     def _generate(
         self, prompt: TextPrompt, cancel: threading.Event, report: Generation, push: Callable[[object], None]
@@ -236,19 +246,24 @@ class LocalBackend:
         room = llm.n_ctx() - prompt.max_tokens
         if len(tokens) > room:
             tokens = tokens[:1] + tokens[len(tokens) - room + 1 :]
+        healing = heal(tokens, self._token_index())
+        tokens = healing.tokens
+        sampling = Sampling(healing.allowed)
         cached = _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text = ""
+        written = text = ""  # `written` includes the healed text the model wrote again; `text` is what follows
         generated = 0
         vocab = llm._model.vocab
         try:
-            for token in llm.generate(tokens, temp=0.0, repeat_penalty=1.0, top_k=1):
+            processors = llama_cpp.LogitsProcessorList([sampling])
+            for token in llm.generate(tokens, temp=0.0, repeat_penalty=1.0, top_k=1, logits_processor=processors):
                 if generated == 0:
                     report.first_token_s = time.perf_counter() - started
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     break
                 generated += 1
-                piece = decoder.decode(llm.detokenize([token], prev_tokens=tokens))
+                written += decoder.decode(llm.detokenize([token], prev_tokens=tokens))
+                piece = written[len(healing.removed) :][len(text) :]
                 text += piece
                 stop_at = _first_stop(text, prompt.stop)
                 if stop_at is not None:
@@ -265,6 +280,7 @@ class LocalBackend:
         except Exception as exc:  # the C library's errors arrive as many types; report, keep serving
             log.exception("generation failed")
             push(BackendError(f"local generation failed: {exc}"))
+        report.mean_logprob = sampling.mean(generated)
         report.usage = Usage(prompt_tokens=len(tokens), completion_tokens=generated, cached_tokens=cached)
         report.total_s = time.perf_counter() - started
         push(_DONE)

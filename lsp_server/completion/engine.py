@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
 from lsp_server.backends import BackendError, CompletionBackend, Generation, TextPrompt
-from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess
+from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess, repeats_nearby
 from lsp_server.completion.prompt import FimTemplate, build_prompt
 from lsp_server.config import Settings
 from lsp_server.ledger import Entry
@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 # in the middle of code a suggestion would have to rewrite what is already there.
 _COMPLETABLE_SUFFIX = re.compile(r"[\s)\]}>'\"`;:,.]*")
 _MAX_LINES = 12
+# Below this mean token log-probability a suggestion is almost never right: an empty suggestion is
+# better than a wrong one. On `tandem eval` every threshold above -1.75 dropped some partly right
+# suggestions (mostly prose in comments and docstrings), so this stays just below.
+_MIN_MEAN_LOGPROB = -2.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class Request:
     invoked: bool = False
     """Explicitly asked for by the user: no debounce."""
     workspace: str = ""
+    others: tuple[tuple[str, str], ...] = ()
+    """Other open documents of the same language as (uri, text): definitions from them join the prompt."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,8 @@ class Context:
     line_suffix: str
     following: str
     multiline: bool
+    preceding: str = ""
+    """The lines before the cursor's line (up to 2,000 characters)."""
 
     @classmethod
     def at(cls, text: str, cursor: int, multiline: str) -> Context:
@@ -167,6 +175,7 @@ class Context:
             line_suffix=line_suffix,
             following=text[line_end + 1 : line_end + 2001],
             multiline=multiline == "always" or (multiline == "auto" and block),
+            preceding=text[max(0, line_start - 2001) : max(0, line_start - 1)],
         )
 
 
@@ -225,7 +234,9 @@ class Engine:
             self.counters.supersededRequests += 1
             return None
         ctx = Context.at(req.text, req.cursor, self._settings.multiline)
-        prompt = build_prompt(req.text, req.cursor, await self._template(), self._settings.prompt_tokens)
+        prompt = build_prompt(
+            req.text, req.cursor, await self._template(), self._settings.prompt_tokens, others=req.others
+        )
         request_id = uuid.uuid4().hex
         text = await self._generate(prompt.text, ctx, slot, ticket, req, request_id, on_partial)
         if not text:
@@ -282,6 +293,8 @@ class Engine:
             if ctx.multiline and report.usage.completion_tokens >= self._settings.max_tokens and "\n" in raw:
                 raw = raw[: raw.rindex("\n")]  # out of tokens mid-line: show only whole lines
             text = _clean(raw, ctx)
+            if report.mean_logprob is not None and report.mean_logprob < _MIN_MEAN_LOGPROB:
+                text = ""
             outcome = "ok" if text else "empty"
         except asyncio.CancelledError:  # $/cancelRequest
             cancelled = True
@@ -338,13 +351,14 @@ class Engine:
 
 
 def _clean(raw: str, ctx: Context) -> str:
-    return postprocess(
+    text = postprocess(
         raw,
         line_prefix=ctx.line_prefix,
         line_suffix=ctx.line_suffix,
         following=ctx.following,
         multiline=ctx.multiline,
     )
+    return "" if repeats_nearby(text, ctx.line_prefix, ctx.preceding, ctx.following) else text
 
 
 def _line_suffix(text: str, cursor: int) -> str:
@@ -357,7 +371,7 @@ def _apply_selected(req: Request) -> Request:
     sel = req.selected
     assert sel is not None
     text = req.text[: sel.start] + sel.text + req.text[sel.end :]
-    return Request(req.uri, text, sel.start + len(sel.text), sel, req.invoked, req.workspace)
+    return Request(req.uri, text, sel.start + len(sel.text), sel, req.invoked, req.workspace, req.others)
 
 
 def _typed_ahead(shown: _Shown | None, req: Request) -> Suggestion | None:

@@ -141,6 +141,21 @@ def ends_in_loop(text: str) -> bool:
     return False
 
 
+def repeats_nearby(completion: str, line_prefix: str, preceding: str, following: str, lines: int = 1) -> bool:
+    """True when the completed line is a copy of one of the `lines` non-blank lines above or below it.
+
+    A small model that has nothing to say often copies the line above, or the next line, which the
+    user then has twice. Short lines (`pass`, `else:`, closers) legitimately repeat and are kept; so
+    do lines a few lines away (boilerplate classes repeat `self._x = x` three lines apart: measured).
+    """
+    landed = (line_prefix + first_line(completion)).strip()
+    if len(landed) < 8:
+        return False
+    above = [line.strip() for line in preceding.split("\n") if line.strip()][-lines:]
+    below = [line.strip() for line in following.split("\n", 2 * lines) if line.strip()][:lines]
+    return landed in above or landed in below
+
+
 def postprocess(completion: str, *, line_prefix: str, line_suffix: str, following: str, multiline: bool) -> str:
     """Clean a raw model completion for display as ghost text at the cursor."""
     completion = cut_loop(completion)

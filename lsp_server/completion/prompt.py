@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from lsp_server.models.cards import load_cards
@@ -140,12 +140,19 @@ def build_prompt(
     template: FimTemplate | None,
     budget_tokens: int,
     chars_per_token: float = 3.2,
+    others: Sequence[tuple[str, str]] = (),
 ) -> Prompt:
-    """The prompt for `cursor` in `text`: about `budget_tokens` of document plus the markers."""
+    """The prompt for `cursor` in `text`: about `budget_tokens` of context and document plus the markers.
+
+    `others` are the other open documents as (uri, text): definitions from them may join the context.
+    """
     budget = int(budget_tokens * chars_per_token)
     suffix = "" if template is None else _suffix_window(text, cursor, budget // 4)
     start = _prefix_start(text, cursor, budget - len(suffix))
-    prefix = text[start:cursor]
+    if context_header(text, start, cursor, others, budget // 8):  # make room for it, at most an eighth
+        start = _prefix_start(text, cursor, budget - len(suffix) - budget // 8)
+    header = context_header(text, start, cursor, others, budget // 8)
+    prefix = header + text[start:cursor]
     if template is None:
         body = prefix
     elif template.suffix_first:
@@ -153,3 +160,90 @@ def build_prompt(
     else:
         body = f"{template.prefix}{prefix}{template.suffix}{suffix}{template.middle}"
     return Prompt(body, start, cursor + len(suffix))
+
+
+_SCOPE = re.compile(r"[ \t]*(?:async[ \t]+def|def|class)[ \t]+(\w+)")
+_IMPORT = re.compile(r"(?:import|from)[ \t]+(?!__future__)\S")
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w{2,}")
+_SCAN_CHARS = 8_000
+"""How far above the window imports and enclosing definitions are looked for: bounded work per keystroke."""
+
+
+def _statements(text: str) -> list[tuple[int, list[str]]]:
+    """Top-down logical lines of `text` as (indentation, physical lines); brackets join lines."""
+    lines = text.split("\n")
+    out: list[tuple[int, list[str]]] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        statement = [line]
+        depth = line.count("(") + line.count("[") - line.count(")") - line.count("]")
+        while depth > 0 and i < len(lines) and len(statement) < 12:
+            statement.append(lines[i])
+            depth += lines[i].count("(") + lines[i].count("[") - lines[i].count(")") - lines[i].count("]")
+            i += 1
+        out.append((len(line) - len(line.lstrip()), statement))
+    return out
+
+
+def imports_above(text: str, start: int) -> list[str]:
+    """The file's top-level import statements above `start`, from its first lines."""
+    head = text[: min(start, _SCAN_CHARS)]
+    if start < len(text) and start > len(head):
+        head = head[: head.rfind("\n") + 1]
+    return ["\n".join(s) for indent, s in _statements(head) if indent == 0 and _IMPORT.match(s[0])]
+
+
+def enclosing_signatures(text: str, start: int) -> list[str]:
+    """Signatures of the classes and functions still open at `start`, outermost first."""
+    scan_from = text.rfind("\n", 0, max(0, start - _SCAN_CHARS)) + 1
+    stack: list[tuple[int, str]] = []
+    for indent, statement in _statements(text[scan_from:start]):
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        if _SCOPE.match(statement[0]):
+            stack.append((indent, "\n".join(statement)))
+    first = next((line for line in text[start : start + 4000].split("\n") if line.strip()), "")
+    level = len(first) - len(first.lstrip())
+    return [signature for indent, signature in stack if indent < level]
+
+
+def definitions_in(others: Sequence[tuple[str, str]], names: set[str], budget: int) -> str:
+    """Signatures of `names` defined in other open documents, as comment lines naming their file."""
+    blocks = []
+    used = 0
+    for uri, text in others:
+        found = [
+            "\n".join(s) for _, s in _statements(text) if (m := _SCOPE.match(s[0])) is not None and m.group(1) in names
+        ]
+        if not found:
+            continue
+        block = f"# {uri.rsplit('/', 1)[-1]}:\n" + "".join(
+            f"# {line.strip()}\n" for signature in found for line in signature.split("\n")
+        )
+        if used + len(block) > budget:
+            break
+        blocks.append(block)
+        used += len(block)
+    return "".join(blocks)
+
+
+def context_header(
+    text: str, start: int, cursor: int, others: Sequence[tuple[str, str]], budget: int
+) -> str:
+    """What goes before the window: other files' definitions of names used near the cursor, the
+    file's imports and the signatures enclosing the window. Depends on the window's start and on the
+    lines before the cursor's line only, so it stays byte-identical while the user types on a line."""
+    header = ""
+    if others:
+        line_start = text.rfind("\n", 0, cursor) + 1
+        near = text[max(start, line_start - 1500) : line_start]
+        header = definitions_in(others, set(_IDENTIFIER.findall(near)), budget // 2)
+    if start > 0:
+        for part in ("\n".join(imports_above(text, start)), "\n".join(enclosing_signatures(text, start))):
+            if part and len(header) + len(part) + 1 <= budget:
+                header += part + "\n"
+    return header

@@ -13,6 +13,7 @@ from lsp_server.completion.postprocess import (
     first_line,
     is_block_start,
     postprocess,
+    repeats_nearby,
     strip_trailing_whitespace,
     trim_to_block,
 )
@@ -312,3 +313,25 @@ def test_postprocess(
 )
 def test_ends_in_loop(text: str, expected: bool) -> None:
     assert ends_in_loop(text) is expected
+
+
+@pytest.mark.parametrize(
+    ("completion", "line_prefix", "preceding", "following", "expected"),
+    [
+        pytest.param("turn value", "    re", "    x = 1\n    return value", "", True, id="copies-line-above"),
+        pytest.param("self.close()", "    ", "", "\n    self.close()\n", True, id="copies-next-line"),
+        pytest.param("self.open()", "    ", "    a = 1", "    self.close()", False, id="new-line"),
+        pytest.param("ss", "    pa", "    pass", "", False, id="short-lines-repeat-legitimately"),
+        pytest.param("return value", "    ", "    return value\n    a = 1", "", False, id="only-the-adjacent-line"),
+        pytest.param(
+            "self._events = events",
+            "        ",
+            "    def __init__(self, events):",
+            "\nclass Other:\n    def __init__(self, events):\n        self._events = events\n",
+            False,
+            id="boilerplate-a-few-lines-away",
+        ),
+    ],
+)
+def test_repeats_nearby(completion: str, line_prefix: str, preceding: str, following: str, expected: bool) -> None:
+    assert repeats_nearby(completion, line_prefix, preceding, following) is expected

@@ -120,8 +120,8 @@ def test_budget_and_line_boundaries(template: FimTemplate | None, budget: int) -
     for cursor in range(0, len(text), 997):
         prompt = build_prompt(text, cursor, template, budget_tokens=budget)
         assert len(prompt.text) <= budget * 3.2 + markers
-        # The budget is used: at least half of what the prefix may take, less a line.
-        assert cursor - prompt.prefix_start >= min(cursor, budget * 3.2 * 3 / 8 - 200)
+        # The budget is used: at least half of what the prefix may take (less the context header's eighth), less a line.
+        assert cursor - prompt.prefix_start >= min(cursor, budget * 3.2 * 5 / 16 - 200)
         # Windows end on line boundaries unless a line is longer than the window.
         start, end = prompt.prefix_start, prompt.suffix_end
         assert start == 0 or text[start - 1] == "\n" or "\n" not in text[start : cursor - 1]

@@ -1,0 +1,369 @@
+"""`tandem eval`: cut holes in real code, ask the real server for them over LSP, and the raw model too.
+
+Edit similarity is 1 - Levenshtein distance / longer length, on the first line of the suggestion
+and of the expected text (trailing whitespace ignored). An empty suggestion counts as similarity 0
+and not exact, so dropping suggestions is never free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+
+from lsp_server.config import Settings
+
+PACKAGES = ("openai", "pygls", "httpx", "httpx2")
+"""Default corpus: code no one here wrote; those not installed are skipped (openai pulls in httpx or httpx2)."""
+_BLOCK_OPENER = re.compile(r"^\s*(?:async\s+def|def|class|if|elif|else|for|while|with|try|except|finally)\b.*:\s*$")
+
+
+@dataclass(frozen=True)
+class Hole:
+    """One hole: the document as the editor has it, the cursor, and the text that was removed."""
+
+    path: str
+    kind: str
+    """"line" (the rest of a line, cut anywhere, words included) or "block" (a whole block body)."""
+    text: str
+    cursor: int
+    expected: str
+
+
+@dataclass
+class Answer:
+    """What one side suggested for a hole, and how long it took."""
+
+    text: str
+    ms: float
+
+
+@dataclass
+class Metrics:
+    """Scores of one side over all holes."""
+
+    exact: float
+    similarity: float
+    block_accuracy: float | None
+    repeats: float
+    empty: float
+    p50_ms: float
+    p95_ms: float
+    n: int
+
+
+@dataclass
+class Run:
+    """Everything one `tandem eval` run measured."""
+
+    seed: int
+    holes: int
+    packages: list[str]
+    server: Metrics
+    raw: Metrics
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+
+def corpus(packages: tuple[str, ...] = PACKAGES) -> tuple[list[str], list[Path]]:
+    """The installed ones of `packages`, and their Python sources sorted for determinism."""
+    found: list[str] = []
+    files: list[Path] = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        found.append(name)
+        for location in spec.submodule_search_locations:
+            files.extend(p for p in Path(location).rglob("*.py") if p.stat().st_size > 2000)
+    if not files:
+        raise SystemExit(f"tandem eval: none of the packages {', '.join(packages)} is installed")
+    return found, sorted(set(files))
+
+
+def _line_hole(path: Path, source: str, rng: random.Random) -> Hole | None:
+    lines = source.split("\n")
+    candidates = [
+        i for i, line in enumerate(lines) if len(line.strip()) >= 8 and not line.lstrip().startswith(("#", '"', "'"))
+    ]
+    if not candidates:
+        return None
+    i = rng.choice(candidates)
+    line = lines[i]
+    indent = len(line) - len(line.lstrip())
+    cut = rng.randint(indent + 1, len(line.rstrip()) - 1)
+    start = sum(len(x) + 1 for x in lines[:i])
+    cursor = start + cut
+    line_end = start + len(line)
+    return Hole(str(path), "line", source[:cursor] + source[line_end:], cursor, line[cut:].rstrip())
+
+
+def _block_hole(path: Path, source: str, rng: random.Random) -> Hole | None:
+    lines = source.split("\n")
+    blocks = []
+    for i, line in enumerate(lines[:-1]):
+        if not _BLOCK_OPENER.match(line):
+            continue
+        base = len(line) - len(line.lstrip())
+        end = i + 1
+        while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > base):
+            end += 1
+        while end > i + 1 and not lines[end - 1].strip():
+            end -= 1
+        body = lines[i + 1 : end]
+        if 2 <= len(body) <= 8 and body[0].strip() and not body[0].lstrip().startswith(('"', "'")):
+            blocks.append((i, end))
+    if not blocks:
+        return None
+    i, end = rng.choice(blocks)
+    first = lines[i + 1]
+    indent = first[: len(first) - len(first.lstrip())]
+    start = sum(len(x) + 1 for x in lines[: i + 1])
+    cursor = start + len(indent)
+    after = sum(len(x) + 1 for x in lines[:end]) - 1  # the newline that ends the block
+    expected = "\n".join(lines[i + 1 : end])[len(indent) :]
+    return Hole(str(path), "block", source[:cursor] + source[after:], cursor, expected)
+
+
+def cut_holes(files: list[Path], count: int, seed: int, block_share: float = 0.3) -> list[Hole]:
+    """`count` holes, the same for the same seed and files, ordered by file and position."""
+    rng = random.Random(seed)
+    holes: list[Hole] = []
+    while len(holes) < count:
+        path = rng.choice(files)
+        source = path.read_text(encoding="utf-8", errors="replace")
+        make = _block_hole if rng.random() < block_share else _line_hole
+        hole = make(path, source, rng)
+        if hole is not None:
+            holes.append(hole)
+    return sorted(holes, key=lambda h: (h.path, h.cursor))
+
+
+def similarity(a: str, b: str) -> float:
+    """1 - Levenshtein distance / length of the longer string; 1.0 for two empty strings."""
+    if not a and not b:
+        return 1.0
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return 1 - previous[-1] / max(len(a), len(b))
+
+
+def _first(text: str) -> str:
+    return text.split("\n", 1)[0].rstrip()
+
+
+def repeats_after_cursor(suggestion: str, hole: Hole) -> bool:
+    """The suggestion's first line is one of the next three non-blank lines after the cursor (and wrong)."""
+    head = _first(suggestion).strip()
+    if not head or head == _first(hole.expected).strip():
+        return False
+    following = [line.strip() for line in hole.text[hole.cursor :].split("\n")[1:] if line.strip()][:3]
+    return head in following
+
+
+def score(holes: list[Hole], answers: list[Answer]) -> Metrics:
+    """Exact first line, edit similarity, block accuracy, repeats, empties and latency of one side."""
+    exact = sims = repeats = empty = 0.0
+    blocks = block_hits = 0
+    for hole, answer in zip(holes, answers, strict=True):
+        got, want = _first(answer.text), _first(hole.expected)
+        if not answer.text.strip():
+            empty += 1
+        else:
+            exact += got == want
+            sims += similarity(got, want)
+            repeats += repeats_after_cursor(answer.text, hole)
+        if hole.kind == "block":
+            blocks += 1
+            lines = [line.rstrip() for line in answer.text.rstrip().split("\n")]
+            block_hits += bool(answer.text.strip()) and lines == [x.rstrip() for x in hole.expected.split("\n")]
+    n = len(holes)
+    ms = sorted(a.ms for a in answers)
+    return Metrics(
+        exact=exact / n,
+        similarity=sims / n,
+        block_accuracy=block_hits / blocks if blocks else None,
+        repeats=repeats / n,
+        empty=empty / n,
+        p50_ms=statistics.median(ms),
+        p95_ms=ms[min(n - 1, round(0.95 * (n - 1)))],
+        n=n,
+    )
+
+
+_RELATIVE_IMPORT = re.compile(r"^from \.(\w+) import", re.MULTILINE)
+
+
+def neighbours(hole: Hole, most: int = 3) -> list[Path]:
+    """Sibling modules the hole's file imports: what a person editing it would have open too."""
+    folder = Path(hole.path).parent
+    found = []
+    for name in dict.fromkeys(_RELATIVE_IMPORT.findall(hole.text)):
+        for candidate in (folder / f"{name}.py", folder / name / "__init__.py"):
+            if candidate.is_file() and str(candidate) != hole.path:
+                found.append(candidate)
+                break
+    return found[:most]
+
+
+def _position(text: str, offset: int) -> types.Position:
+    before = text[:offset]
+    line = before.count("\n")
+    column = before[before.rfind("\n") + 1 :]
+    return types.Position(line=line, character=len(column.encode("utf-16-le")) // 2)
+
+
+async def ask_server(holes: list[Hole], model: str | None, log: Path, data_dir: Path) -> list[Answer]:
+    """Each hole through the real server, as an editor does: didOpen (the file and the siblings it imports),
+    an invoked inlineCompletion, didClose."""
+    from lsp_server.session import Session
+
+    session = Session("file:///eval/unused.py")
+    await session.start({"TANDEM_DATA_DIR": str(data_dir), **({"TANDEM_MODEL": model} if model else {})}, log)
+    model_state = await session.model()
+    if model_state["state"] != "ready":
+        await session.stop()
+        raise SystemExit(f"tandem eval: the server's model did not load: {model_state}")
+    answers = []
+    client = session.client
+    for n, hole in enumerate(holes):
+        uri = f"file:///eval/{n}/{Path(hole.path).name}"
+        opened = [f"file:///eval/{n}/open/{path.name}" for path in neighbours(hole)]
+        for other, path in zip(opened, neighbours(hole), strict=True):
+            item = types.TextDocumentItem(other, "python", 1, path.read_text(encoding="utf-8", errors="replace"))
+            client.text_document_did_open(types.DidOpenTextDocumentParams(item))
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, "python", 1, hole.text))
+        )
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=_position(hole.text, hole.cursor),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+        )
+        started = time.perf_counter()
+        result = await client.text_document_inline_completion_async(params)
+        ms = (time.perf_counter() - started) * 1000
+        items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
+        text = items[0].insert_text if items else ""
+        answers.append(Answer(text if isinstance(text, str) else text.value, ms))
+        for closed in [uri, *opened]:
+            client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(closed)))
+    await session.stop()
+    return answers
+
+
+def raw_prompt(hole: Hole, settings: Settings) -> str:
+    """The raw model's prompt: the prefix only, as many characters as the server's token budget, from a line start."""
+    budget = int(settings.prompt_tokens * 3.2)
+    start = max(0, hole.cursor - budget)
+    if start:
+        start = hole.text.find("\n", start, hole.cursor) + 1 or start
+    return hole.text[start : hole.cursor]
+
+
+def ask_raw(holes: list[Hole], model_path: str, settings: Settings) -> list[Answer]:
+    """Each hole through llama-cpp-python directly: prefix-only prompt, greedy, stop at the newline."""
+    import llama_cpp
+
+    n_ctx = -(-settings.context_size // 256) * 256
+    llm = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, flash_attn=True, n_batch=512, verbose=False)
+    answers = []
+    for hole in holes:
+        started = time.perf_counter()
+        out = llm.create_completion(
+            raw_prompt(hole, settings),
+            max_tokens=settings.max_tokens,
+            temperature=0.0,
+            top_k=1,
+            repeat_penalty=1.0,
+            stop=["\n"],
+        )
+        answers.append(Answer(out["choices"][0]["text"], (time.perf_counter() - started) * 1000))  # type: ignore[index]
+    return answers
+
+
+def _fmt(value: float | None, percent: bool = True) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:.1f} %" if percent else f"{value:.0f}"
+
+
+def table(run: Run) -> str:
+    """The two sides side by side, as a Markdown table."""
+    s, r = run.server, run.raw
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+
+    rows = [
+        ("exact first line", _fmt(s.exact), _fmt(r.exact), ratio(s.exact, r.exact)),
+        (
+            "edit similarity (first line)",
+            f"{s.similarity:.3f}",
+            f"{r.similarity:.3f}",
+            ratio(s.similarity, r.similarity),
+        ),
+        ("block accuracy (block holes)", _fmt(s.block_accuracy), _fmt(r.block_accuracy), "-"),
+        ("repeats text after cursor", _fmt(s.repeats), _fmt(r.repeats), "-"),
+        ("empty suggestions", _fmt(s.empty), _fmt(r.empty), "-"),
+        ("latency p50 (ms)", _fmt(s.p50_ms, False), _fmt(r.p50_ms, False), "-"),
+        ("latency p95 (ms)", _fmt(s.p95_ms, False), _fmt(r.p95_ms, False), "-"),
+    ]
+    out = [
+        f"{run.holes} holes, seed {run.seed}, from {', '.join(run.packages)}",
+        "",
+        "| metric | tandem server | raw model | server/raw |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `tandem eval`."""
+    parser.add_argument("--holes", type=int, default=60, help="number of holes (default 60)")
+    parser.add_argument("--seed", type=int, default=1, help="seed for choosing holes (default 1)")
+    parser.add_argument("--packages", default=",".join(PACKAGES), help="installed packages to cut holes in")
+    parser.add_argument("--model", help="GGUF file (default: the embedded Gemma 3 270M)")
+    parser.add_argument("--json", type=Path, help="write the results here, for comparing commits")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `tandem eval`."""
+    if args.holes < 1:
+        print("tandem eval: --holes must be at least 1", file=sys.stderr)
+        return 2
+    from lsp_server.backends.local import embedded_model_path
+    from lsp_server.config import cache_dir
+
+    packages, files = corpus(tuple(p for p in args.packages.split(",") if p))
+    holes = cut_holes(files, args.holes, args.seed)
+    model_path = args.model or str(embedded_model_path(cache_dir()))
+    work = Path(tempfile.mkdtemp(prefix="tandem-eval-"))
+    server_answers = asyncio.run(ask_server(holes, args.model, work / "server.log", work))
+    raw_answers = ask_raw(holes, model_path, Settings())
+    result = Run(args.seed, len(holes), packages, score(holes, server_answers), score(holes, raw_answers))
+    result.details = [
+        {"path": h.path, "kind": h.kind, "expected": h.expected, "server": s.text, "raw": r.text}
+        for h, s, r in zip(holes, server_answers, raw_answers, strict=True)
+    ]
+    print(table(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(asdict(result), indent=1) + "\n")
+    sys.stdout.flush()
+    return 0
