@@ -70,7 +70,9 @@ def plan_bursts(pauses: int, seed: int) -> list[str]:
     return bursts
 
 
-async def replay(bursts: list[str], model: str, log: Path, data: Path) -> tuple[list[Pause], dict[str, Any], int]:
+async def replay(
+    bursts: list[str], model: str, log: Path, data: Path, options: dict[str, Any] | None = None
+) -> tuple[list[Pause], dict[str, Any], int]:
     """Type the bursts into the real server, the way an editor reports keystrokes; also its RSS at the end."""
     pauses: list[Pause] = []
     current: Pause | None = None
@@ -81,7 +83,7 @@ async def replay(bursts: list[str], model: str, log: Path, data: Path) -> tuple[
             current.first_ms = now_ms() - paused_at
 
     session = Session("file:///bench/textwrap.py", on_ghost_text)
-    await session.start({"TANDEM_MODEL": model, "TANDEM_DATA_DIR": str(data)}, log)
+    await session.start({"TANDEM_MODEL": model, "TANDEM_DATA_DIR": str(data)}, log, options)
     session.open(SOURCE[:OPENING_CHARS])
     assert (await session.model())["state"] == "ready"
     rng = random.Random(1)

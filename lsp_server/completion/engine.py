@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
-from lsp_server.backends import BackendError, CompletionBackend, Generation, TextPrompt
+from lsp_server.backends import BackendError, CompletionBackend, Generation, Prefills, TextPrompt
 from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess
 from lsp_server.completion.prompt import FimTemplate, build_prompt
 from lsp_server.config import Settings
@@ -245,6 +245,8 @@ class Engine:
             self.counters.skippedRequests += 1
             return None
         delay = 0.0 if req.invoked else self._debounce(slot)
+        if delay > 0:
+            await self._evaluate_ahead(req)
         waited = time.perf_counter()
         timing = _timing.get()
         await asyncio.sleep(delay)
@@ -275,6 +277,15 @@ class Engine:
             percentiles["p50"] = round(statistics.median(latencies), 1)
             percentiles["p95"] = round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1)
         return {"counters": asdict(self.counters), "latencyMs": percentiles, "lastTiming": asdict(self.last_timing)}
+
+    async def _evaluate_ahead(self, req: Request) -> None:
+        """Let an idle model evaluate the prompt while the debounce runs: after the pause, only generation is left."""
+        if isinstance(self._backend, Prefills):
+            prompt = build_prompt(req.text, req.cursor, await self._template(), self._settings.prompt_tokens)
+            self._backend.prefill(TextPrompt(prompt.text, self._settings.max_tokens), self._count_prefill)
+
+    def _count_prefill(self, tokens: int) -> None:
+        self.counters.promptTokensEvaluated += tokens
 
     def _debounce(self, slot: _Slot) -> float:
         fixed = self._settings.debounce_ms
