@@ -57,12 +57,12 @@ def _free_port() -> int:
 class LlamaServer:
     """A llama-server process on loopback, started with the settings llama.vscode's README recommends for CPU."""
 
-    def __init__(self, binary: Path, model: str, context_size: int, log: Path) -> None:
+    def __init__(self, binary: Path, model: str, context_size: int, gpu_layers: int, log: Path) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [str(binary), "-m", model, "--host", "127.0.0.1", "--port", str(self.port)]
         args += ["-c", str(context_size), "-np", "1", "-fa", "on", "-ub", "1024", "-b", "1024"]
-        args += ["--cache-reuse", "256", "--no-webui"]
+        args += ["--cache-reuse", "256", "--no-webui", "-ngl", str(999 if gpu_layers < 0 else gpu_layers)]
         self._log = log.open("ab")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -174,7 +174,7 @@ def replay(
     binary: Path, model: str, fim: bool, opening: str, bursts: list[str], settings: Any, log: Path
 ) -> tuple[list[PeerPause], int]:
     """Type the bursts (no keystrokes reach it: one request per pause, sent the moment typing stops)."""
-    server = LlamaServer(binary, model, settings.context_size, log)
+    server = LlamaServer(binary, model, settings.context_size, settings.n_gpu_layers, log)
     try:
         server.wait_ready()
         text = opening

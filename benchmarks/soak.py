@@ -94,7 +94,10 @@ async def soak(model: str, log: Path, data: Path, opening: str, requests: int = 
             rss_start = rss_bytes(session.pid)
         burst = " ".join(words[i % len(words) : i % len(words) + 12])[: max(1, min(ROUND, requests - sent))]
         i += 12
-        pending = [session.keystroke(char) for char in burst]
+        pending = []
+        for char in burst:
+            pending.append(session.keystroke(char))
+            await asyncio.sleep(0)  # the request goes out before the next change, as an editor sends them
         results = await asyncio.gather(*pending)
         sent += len(pending)
         items = results[-1].items
