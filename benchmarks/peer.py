@@ -13,6 +13,7 @@ token cap and single-line stop, so both sides generate the same text and only ti
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -57,12 +58,22 @@ def _free_port() -> int:
 class LlamaServer:
     """A llama-server process on loopback, started with the settings llama.vscode's README recommends for CPU."""
 
-    def __init__(self, binary: Path, model: str, context_size: int, gpu_layers: int, log: Path) -> None:
+    def __init__(self, binary: Path, model: str, settings: Any, log: Path) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [str(binary), "-m", model, "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["-c", str(context_size), "-np", "1", "-fa", "on", "-ub", "1024", "-b", "1024"]
-        args += ["--cache-reuse", "256", "--no-webui", "-ngl", str(999 if gpu_layers < 0 else gpu_layers)]
+        args += ["-c", str(settings.context_size), "-np", "1", "-fa", "on", "-ub", "1024", "-b", "1024"]
+        args += [
+            "--cache-reuse",
+            "256",
+            "--no-webui",
+            "-ngl",
+            str(999 if settings.n_gpu_layers < 0 else settings.n_gpu_layers),
+        ]
+        # The threads tandem's llama-cpp-python uses (half the CPUs to generate, all to evaluate prompts):
+        # the comparison is between the two ways of asking the model, not between thread settings.
+        cpus = os.cpu_count() or 1
+        args += ["-t", str(settings.threads or max(1, cpus // 2)), "-tb", str(settings.threads or cpus)]
         self._log = log.open("ab")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -174,7 +185,7 @@ def replay(
     binary: Path, model: str, fim: bool, opening: str, bursts: list[str], settings: Any, log: Path
 ) -> tuple[list[PeerPause], int]:
     """Type the bursts (no keystrokes reach it: one request per pause, sent the moment typing stops)."""
-    server = LlamaServer(binary, model, settings.context_size, settings.n_gpu_layers, log)
+    server = LlamaServer(binary, model, settings, log)
     try:
         server.wait_ready()
         text = opening

@@ -31,10 +31,11 @@ MID_LINE = 6
 
 @dataclass
 class Soak:
-    """RSS after warm-up and at the end, and what the server counted."""
+    """RSS after a tenth, half and all of the requests, and what the server counted."""
 
     requests: int
     rss_start: int
+    rss_half: int
     rss_end: int
     counters: dict[str, int]
     seconds: float
@@ -87,11 +88,13 @@ async def soak(model: str, log: Path, data: Path, opening: str, requests: int = 
     )
     words = opening.split()
     sent = 0
-    rss_start = 0
+    rss_start = rss_half = 0
     i = 0
     while sent < requests:
         if rss_start == 0 and sent >= requests // 10:
             rss_start = rss_bytes(session.pid)
+        if rss_half == 0 and sent >= requests // 2:
+            rss_half = rss_bytes(session.pid)
         burst = " ".join(words[i % len(words) : i % len(words) + 12])[: max(1, min(ROUND, requests - sent))]
         i += 12
         pending = []
@@ -111,4 +114,4 @@ async def soak(model: str, log: Path, data: Path, opening: str, requests: int = 
     counters = (await session.command("tandem.status"))["counters"]
     rss_end = rss_bytes(session.pid)
     await session.stop()
-    return Soak(sent, rss_start, rss_end, counters, loop.time() - started)
+    return Soak(sent, rss_start, rss_half, rss_end, counters, loop.time() - started)

@@ -26,7 +26,7 @@ class Settings:
     flash_attention: bool = True
     """Use flash attention where the build supports it."""
     threads: int | None = None
-    """CPU threads for the local model; None uses the physical cores (as llama.cpp does)."""
+    """CPU threads for the local model; None lets llama.cpp choose."""
     debounce_ms: int | None = None
     """Fixed debounce before a completion starts; None adapts to typing speed."""
     multiline: Multiline = "auto"

@@ -53,19 +53,6 @@ def embedded_model_path(cache_dir: Path) -> Path:
     return target
 
 
-def default_threads() -> int:
-    """Physical cores this process may use: llama.cpp's own default (llama-cpp-python's is half the logical CPUs,
-    one thread on a 2-core machine)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in cpus:
-        try:
-            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
-        except OSError:
-            return max(1, (os.cpu_count() or 2) // 2)  # no topology to read: assume two threads per core
-    return max(1, len(cores))
-
-
 def _available_memory() -> int | None:
     try:
         with open("/proc/meminfo") as meminfo:
@@ -169,7 +156,7 @@ class LocalBackend:
                 n_ctx=-(-s.context_size // 256) * 256,
                 n_gpu_layers=s.n_gpu_layers,
                 flash_attn=s.flash_attention,
-                n_threads=s.threads or default_threads(),
+                n_threads=s.threads,
                 n_batch=512,
                 verbose=False,
             )

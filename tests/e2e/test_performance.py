@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 
 from lsp_server.backends import Generation, TextPrompt
-from lsp_server.backends.local import LocalBackend, default_threads, embedded_model_path
+from lsp_server.backends.local import LocalBackend, embedded_model_path
 from lsp_server.config import Settings, cache_dir
 from tests.conftest import Client
 from tests.e2e.test_completion import SOURCE, complete, end_position, open_doc, status
@@ -41,9 +40,3 @@ async def test_status_counts_model_tokens_and_stage_times(client: Client, editor
     assert counters["promptTokensEvaluated"] > 10 and counters["generatedTokens"] > 0
     assert timing["model"] > 0 and timing["debounce"] >= 100
     assert timing["total"] >= timing["debounce"] + timing["model"]
-
-
-def test_default_threads_are_the_cores_this_process_may_use(tmp_path: Path) -> None:
-    import os
-
-    assert 1 <= default_threads() <= len(os.sched_getaffinity(0))
