@@ -1,10 +1,11 @@
 """Memory: what the server holds beyond the model, and whether it grows over a 10,000-request soak.
 
 The soak drives the full request path through a real server over LSP: 10,000 inline-completion
-requests in rounds of keystrokes sent without waiting (each supersedes the one before, and may
-cancel its generation), one generation per round at the end of the round (8 tokens at most, so the
-run stays short), typed-ahead cache hits for the characters the suggestion predicted, and requests
-in the middle of a line that are skipped without the model. A generation per request would take
+requests in rounds of keystrokes sent without waiting (each supersedes the one before within a
+10 ms debounce; a gap halfway lets one generation start, which the rest of the round cancels), one
+generation at the end of the round (8 tokens at most, so the run stays short), typed-ahead cache
+hits for the characters the suggestion predicted, and requests in the middle of a line that are
+skipped without the model. A generation per request would take
 hours on this CPU; what could leak per request (documents, snapshots, slots, futures, ledger rows,
 pygls bookkeeping) is exercised on every one of them.
 """
@@ -73,7 +74,7 @@ async def soak(model: str, log: Path, data: Path, opening: str, requests: int = 
     started = loop.time()
     session = Session("file:///bench/soak.py")
     other = "file:///bench/soak-mid-line.py"
-    options = {"completion": {"maxTokens": 8, "debounceMs": 0}}
+    options = {"completion": {"maxTokens": 8, "debounceMs": 10}}
     await session.start({"TANDEM_MODEL": model, "TANDEM_DATA_DIR": str(data)}, log, options)
     session.open(opening)
     assert (await session.model())["state"] == "ready"
@@ -98,9 +99,11 @@ async def soak(model: str, log: Path, data: Path, opening: str, requests: int = 
         burst = " ".join(words[i % len(words) : i % len(words) + 12])[: max(1, min(ROUND, requests - sent))]
         i += 12
         pending = []
-        for char in burst:
+        for n, char in enumerate(burst):
             pending.append(session.keystroke(char))
-            await asyncio.sleep(0)  # the request goes out before the next change, as an editor sends them
+            # The request goes out before the next change, as an editor sends them; halfway a short gap lets
+            # one generation start, and the rest of the burst cancels it.
+            await asyncio.sleep(0.05 if n == len(burst) // 2 else 0)
         results = await asyncio.gather(*pending)
         sent += len(pending)
         items = results[-1].items
