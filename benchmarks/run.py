@@ -2,7 +2,7 @@
 llama.cpp's llama-server (the peer, asked the way llama.vscode asks it) and through llama-cpp-python
 directly, then a 10,000-request soak; print one table with each target met or missed.
 
-    python benchmarks/run.py [--pauses 24] [--model PATH] [--markdown FILE] [--details]
+    python benchmarks/run.py [--pauses 16] [--model PATH] [--markdown FILE] [--details]
 """
 
 from __future__ import annotations
@@ -359,7 +359,7 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pauses", type=int, default=24)
+    parser.add_argument("--pauses", type=int, default=16)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--model", help="GGUF file (default: the embedded Gemma 3 270M); a GPU build offloads it")
     parser.add_argument("--soak", type=int, default=10_000, help="requests in the memory soak (default 10,000)")
