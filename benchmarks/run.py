@@ -1,7 +1,8 @@
-"""`tandem bench`: replay typing into a real stdlib module through the server, and the same
-completions through llama-cpp-python directly, in one run; print a table.
+"""`tandem bench`: replay typing into a real stdlib module through the server, the same pauses against
+llama.cpp's llama-server (the peer, asked the way llama.vscode asks it) and through llama-cpp-python
+directly, then a 10,000-request soak; print one table with each target met or missed.
 
-    python benchmarks/run.py [--pauses 16] [--model PATH] [--markdown FILE]
+    python benchmarks/run.py [--pauses 16] [--model PATH] [--markdown FILE] [--details]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a source checkout runs as is
 
-from benchmarks import ledger_write
+from benchmarks import ledger_write, peer, soak
 from lsp_server.backends.local import LocalBackend, embedded_model_path
 from lsp_server.completion.engine import Context, Engine, Request
 from lsp_server.completion.prompt import build_prompt
@@ -41,11 +42,17 @@ class Pause:
 
     text: str
     first_ms: float | None = None
+    """From the last keystroke to the first ghost text (a streamed line, or the answer)."""
     full_ms: float = 0.0
+    """From the last keystroke to the answer of its request."""
     shown: bool = False
     generations: int = 0
+    prompt_tokens: int = 0
+    """Prompt tokens the model evaluated during the burst and the pause (KV-cached ones not counted)."""
+    generated_tokens: int = 0
+    timing: dict[str, float] = field(default_factory=dict)
+    """The engine's stage times of the pause's answered request."""
     direct_first_ms: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def plan_bursts(pauses: int, seed: int) -> list[str]:
@@ -63,8 +70,10 @@ def plan_bursts(pauses: int, seed: int) -> list[str]:
     return bursts
 
 
-async def replay(bursts: list[str], model: str | None, log: Path) -> tuple[list[Pause], dict[str, Any]]:
-    """Type the bursts into the real server, the way an editor reports keystrokes."""
+async def replay(
+    bursts: list[str], model: str, log: Path, data: Path, options: dict[str, Any] | None = None
+) -> tuple[list[Pause], dict[str, Any], int]:
+    """Type the bursts into the real server, the way an editor reports keystrokes; also its RSS at the end."""
     pauses: list[Pause] = []
     current: Pause | None = None
     paused_at = 0.0
@@ -74,18 +83,19 @@ async def replay(bursts: list[str], model: str | None, log: Path) -> tuple[list[
             current.first_ms = now_ms() - paused_at
 
     session = Session("file:///bench/textwrap.py", on_ghost_text)
-    await session.start({"TANDEM_MODEL": model} if model else {}, log)
+    await session.start({"TANDEM_MODEL": model, "TANDEM_DATA_DIR": str(data)}, log, options)
     session.open(SOURCE[:OPENING_CHARS])
     assert (await session.model())["state"] == "ready"
     rng = random.Random(1)
     for burst in bursts:
-        before = (await session.command("tandem.status"))["counters"]["generations"]
+        before = (await session.command("tandem.status"))["counters"]
         last = None
-        for char in burst:
+        for n, char in enumerate(burst):
+            if n:
+                await asyncio.sleep(rng.uniform(0.05, 0.15))  # a person typing, 7-20 keys a second
             last = session.keystroke(char)
-            await asyncio.sleep(rng.uniform(0.05, 0.15))  # a person typing, 7-20 keys a second
         current = Pause(burst)
-        paused_at = now_ms()
+        paused_at = now_ms()  # the pause starts with the last keystroke
         assert last is not None
         result = await last
         current.full_ms = now_ms() - paused_at
@@ -93,11 +103,18 @@ async def replay(bursts: list[str], model: str | None, log: Path) -> tuple[list[
         if current.shown and current.first_ms is None:
             current.first_ms = current.full_ms
         await asyncio.sleep(0.3)  # the rest of the pause
-        current.generations = (await session.command("tandem.status"))["counters"]["generations"] - before
+        status = await session.command("tandem.status")
+        after = status["counters"]
+        if current.shown:
+            current.timing = status["lastTiming"]
+        current.generations = after["generations"] - before["generations"]
+        current.prompt_tokens = after["promptTokensEvaluated"] - before["promptTokensEvaluated"]
+        current.generated_tokens = after["generatedTokens"] - before["generatedTokens"]
         pauses.append(current)
     status = await session.command("tandem.status")
+    rss = peer.rss_bytes(session.pid)
     await session.stop()
-    return pauses, status
+    return pauses, status, rss
 
 
 def direct(bursts: list[str], pauses: list[Pause], model_path: str, settings: Settings) -> dict[str, float]:
@@ -178,14 +195,82 @@ async def ledger_on_off(model_path: str, settings: Settings, pairs: int = 8) -> 
 
 
 def _p(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def table(
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+Row = tuple[str, str, str, str, str]
+"""measure, tandem, llama-server, tandem / llama-server, target."""
+
+
+def peer_rows(pauses: list[Pause], others: list[peer.PeerPause]) -> list[Row]:
+    """tandem and llama-server side by side over the same pauses."""
+    first = [p.first_ms if p.first_ms is not None else p.full_ms for p in pauses]
+    full = [p.full_ms for p in pauses]
+    peer_first = [o.first_ms for o in others]
+    peer_full = [o.full_ms for o in others]
+    rows: list[Row] = []
+    for name, ours, theirs, target in (
+        ("first ghost text after a pause", first, peer_first, 0.8),
+        ("full suggestion after a pause", full, peer_full, None),
+    ):
+        for q in (0.5, 0.95):
+            ratio = _p(ours, q) / _p(theirs, q)
+            goal = f"≤ {target:.1f}x {_verdict(ratio <= target)}" if target is not None and q == 0.5 else ""
+            ours_ms, theirs_ms = f"{_p(ours, q):.0f} ms", f"{_p(theirs, q):.0f} ms"
+            rows.append((f"{name}, p{round(q * 100)}", ours_ms, theirs_ms, f"{ratio:.2f}x", goal))
+    prompt = statistics.mean(p.prompt_tokens for p in pauses)
+    generated = statistics.mean(p.generated_tokens for p in pauses)
+    peer_prompt = statistics.mean(o.prompt_n for o in others)
+    peer_generated = statistics.mean(o.predicted_n for o in others)
+    rows.append(
+        (
+            "model tokens per pause: prompt evaluated / generated (mean)",
+            f"{prompt:.0f} / {generated:.0f}",
+            f"{peer_prompt:.0f} / {peer_generated:.0f}",
+            f"{(prompt + generated) / max(1.0, peer_prompt + peer_generated):.2f}x",
+            "",
+        )
+    )
+    return rows
+
+
+def overhead_rows(pauses: list[Pause]) -> list[Row]:
+    """Time in tandem outside the model, per answered pause: client round trip minus debounce and model time."""
+    timed = [p for p in pauses if p.timing]
+    total = [p.full_ms - p.timing["debounce"] - p.timing["model"] for p in timed]
+    engine = [p.timing["total"] - p.timing["debounce"] - p.timing["model"] for p in timed]
+    lsp = [p.full_ms - p.timing["total"] for p in timed]
+    debounce = [p.timing["debounce"] for p in timed]
+    return [
+        (
+            "overhead outside the model per request, p50 / p95",
+            f"{_p(total, 0.5):.1f} / {_p(total, 0.95):.1f} ms",
+            "",
+            "",
+            f"< 3 ms at p50 {_verdict(_p(total, 0.5) < 3)}",
+        ),
+        (
+            "… of it LSP framing + client / engine (queueing, prompt, post-processing, ledger), p50",
+            f"{_p(lsp, 0.5):.1f} / {_p(engine, 0.5):.1f} ms",
+            "",
+            "",
+            "",
+        ),
+        ("debounce wait before the model, p50", f"{_p(debounce, 0.5):.0f} ms", "", "", ""),
+    ]
+
+
+def core_rows(
     pauses: list[Pause], kv: dict[str, float], status: dict[str, Any], ledger: dict[str, float], writes: dict[str, Any]
-) -> str:
-    """The results as a Markdown table, each target marked met or missed."""
+) -> list[Row]:
+    """The core issue's measures: tandem against llama-cpp-python directly, KV reuse, the ledger's cost."""
     shown = [p for p in pauses if p.first_ms is not None]
     first = [p.first_ms for p in shown if p.first_ms is not None]
     direct = [p.direct_first_ms for p in shown]
@@ -193,39 +278,81 @@ def table(
     ratio = statistics.median(first) / statistics.median(direct) if first else float("nan")
     kv_ratio = kv["warm"] / kv["cold"]
     counters = status["counters"]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "**missed**"
-
-    rows = [
-        ("pauses replayed (suggestion shown)", f"{len(pauses)} ({len(shown)})", ""),
-        ("first ghost text after a pause, p50 / p95", f"{_p(first, 0.5):.0f} / {_p(first, 0.95):.0f} ms", ""),
-        ("direct llama-cpp-python, same prompts, p50 / p95", f"{_p(direct, 0.5):.0f} / {_p(direct, 0.95):.0f} ms", ""),
-        ("tandem / direct at p50", f"{ratio:.2f}x", f"≤ 1.10x {verdict(ratio <= 1.10)}"),
-        ("full suggestion, p50", f"{_p([p.full_ms for p in pauses], 0.5):.0f} ms", ""),
-        ("model generations per pause", f"{gens:.2f}", f"≤ 1.2 {verdict(gens <= 1.2)}"),
+    return [
+        ("pauses replayed (suggestion shown)", f"{len(pauses)} ({len(shown)})", "", "", ""),
+        ("direct llama-cpp-python, same prompts, first line p50", f"{_p(direct, 0.5):.0f} ms", "", "", ""),
+        ("tandem / direct at p50", f"{ratio:.2f}x", "", "", f"≤ 1.10x {_verdict(ratio <= 1.10)}"),
+        ("model generations per pause", f"{gens:.2f}", "", "", f"≤ 1.2 {_verdict(gens <= 1.2)}"),
         (
             "requests / generations / cancelled / typed-ahead hits",
             f"{counters['inlineRequests']} / {counters['generations']} / {counters['cancelledGenerations']}"
             f" / {counters['cacheHits']}",
             "",
+            "",
+            "",
         ),
-        (f"time to first token, cold, {kv['tokens']:.0f}-token file", f"{kv['cold']:.0f} ms", ""),
-        ("time to first token, warm (KV reused)", f"{kv['warm']:.0f} ms", ""),
-        ("warm / cold", f"{kv_ratio:.2f}x", f"≤ 0.3x {verdict(kv_ratio <= 0.3)}"),
+        (
+            f"time to first token, cold / warm, {kv['tokens']:.0f}-token file",
+            f"{kv['cold']:.0f} / {kv['warm']:.0f} ms",
+            "",
+            "",
+            f"warm ≤ 0.3x cold {_verdict(kv_ratio <= 0.3)}",
+        ),
         (
             "ledger record() on the request path, p50 / p99",
             f"{writes['p50_us']:.1f} / {writes['p99_us']:.1f} µs",
-            f"< 1 ms {verdict(writes['p99_us'] < 1000)}",
+            "",
+            "",
+            f"< 1 ms {_verdict(writes['p99_us'] < 1000)}",
         ),
         (
             "completion latency with the ledger on / off, p50",
             f"{ledger['on']:.0f} / {ledger['off']:.0f} ms ({ledger['on'] / ledger['off']:.2f}x)",
             "",
+            "",
+            "",
         ),
     ]
-    lines = ["| measure | value | target |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+
+
+def memory_rows(server_rss: int, peer_rss: int, model_bytes: int, result: soak.Soak) -> list[Row]:
+    """RSS beyond what llama.cpp holds for the model, and RSS before/after the soak."""
+    mib = 2**20
+    beyond = server_rss - model_bytes
+    # The first half warms up: the document (and so the prompt's KV positions) grows, allocator arenas settle.
+    growth = result.rss_end - result.rss_half
+    c = result.counters
+    return [
+        (
+            "server RSS (llama.cpp's own for the model: weights, KV cache, buffers)",
+            f"{server_rss / mib:.0f} MiB ({model_bytes / mib:.0f} MiB)",
+            f"{peer_rss / mib:.0f} MiB",
+            "",
+            "",
+        ),
+        ("server RSS beyond the model", f"{beyond / mib:.0f} MiB", "", "", f"< 150 MiB {_verdict(beyond < 150 * mib)}"),
+        (
+            f"soak: {result.requests:,} requests in {result.seconds:.0f} s, RSS after 1/10 → 1/2 → the end",
+            f"{result.rss_start / mib:.0f} → {result.rss_half / mib:.0f} → {result.rss_end / mib:.0f} MiB",
+            "",
+            "",
+            f"no growth in the 2nd half (< 5 MiB): {growth / mib:+.1f} {_verdict(growth < 5 * mib)}",
+        ),
+        (
+            "soak: generations / cancelled / superseded / typed-ahead hits / skipped",
+            f"{c['generations']} / {c['cancelledGenerations']} / {c['supersededRequests']} / {c['cacheHits']}"
+            f" / {c['skippedRequests']}",
+            "",
+            "",
+            "",
+        ),
+    ]
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as one Markdown table."""
+    lines = ["| measure | tandem | llama-server | tandem / llama-server | target |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -234,31 +361,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pauses", type=int, default=16)
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--model", help="GGUF file (default: the embedded Gemma 3 270M)")
+    parser.add_argument("--model", help="GGUF file (default: the embedded Gemma 3 270M); a GPU build offloads it")
+    parser.add_argument("--soak", type=int, default=10_000, help="requests in the memory soak (default 10,000)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--details", action="store_true", help="also print each pause")
     args = parser.parse_args(argv)
     settings = Settings()
     model = args.model or str(embedded_model_path(cache_dir()))
     bursts = plan_bursts(args.pauses, args.seed)
-    log = Path(tempfile.mkdtemp(prefix="tandem-bench-")) / "server.log"
+    work = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
     started = time.perf_counter()
-    pauses, status = asyncio.run(replay(bursts, model, log))
+    binary = peer.build(sys.executable)  # first run only: compiles llama-server (minutes)
+    built = time.perf_counter()
+    pauses, status, server_rss = asyncio.run(replay(bursts, model, work / "server.log", work / "data"))
+    fim = status["model"].get("fim") is not None
+    others, peer_rss = peer.replay(
+        binary, model, fim, SOURCE[:OPENING_CHARS], bursts, settings, work / "llama-server.log"
+    )
     kv = direct(bursts, pauses, model, settings)
     ledger = asyncio.run(ledger_on_off(model, settings))
     writes = next(row for row in ledger_write.run() if row["case"].startswith("Ledger.record"))
-    result = table(pauses, kv, status, ledger, writes)
+    model_bytes = soak.model_memory(model, settings.context_size, SOURCE[:OPENING_CHARS])
+    soaked = asyncio.run(soak.soak(model, work / "soak.log", work / "soak-data", SOURCE[:OPENING_CHARS], args.soak))
+    rows = peer_rows(pauses, others) + overhead_rows(pauses) + memory_rows(server_rss, peer_rss, model_bytes, soaked)
+    rows += core_rows(pauses, kv, status, ledger, writes)
+    # Issue 8, item 5 (shared fleet over local.endpoint, 1/4/16 users): its rows are added here.
+    result = table(rows)
     header = (
         f"tandem bench — {len(bursts)} pauses typing into textwrap.py, model {Path(model).name}, "
-        f"{time.perf_counter() - started:.0f} s (server log: {log})"
+        f"{time.perf_counter() - built:.0f} s (+{built - started:.0f} s building llama-server; logs in {work})"
     )
     print(header, result, sep="\n\n")
     if args.details:
-        for p in pauses:
+        for p, o in zip(pauses, others, strict=True):
             first = "-" if p.first_ms is None else f"{p.first_ms:.0f}"
             print(
-                f"{p.generations} gen  first {first:>5} ms  full {p.full_ms:5.0f} ms"
-                f"  direct {p.direct_first_ms:5.0f} ms  {p.text!r}"
+                f"{p.generations} gen  first {first:>5} ms  full {p.full_ms:5.0f} ms  tokens {p.prompt_tokens:4d}"
+                f"+{p.generated_tokens:3d}  | peer first {o.first_ms:5.0f} full {o.full_ms:5.0f} tokens"
+                f" {o.prompt_n:4d}+{o.predicted_n:3d}  | direct {p.direct_first_ms:5.0f} ms  {p.text!r}"
             )
     if args.markdown:
         args.markdown.write_text(f"{header}\n\n{result}\n")

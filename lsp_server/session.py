@@ -54,6 +54,13 @@ class Session:
         )
         self.client.initialized(types.InitializedParams())
 
+    @property
+    def pid(self) -> int:
+        """The server process's id."""
+        server = self.client._server
+        assert server is not None
+        return server.pid
+
     async def model(self) -> dict[str, Any]:
         """The model's status once it has finished loading (or failed)."""
         while (status := await self.command("tandem.status"))["model"]["state"] == "loading":

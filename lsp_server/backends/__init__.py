@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -53,4 +53,13 @@ class CompletionBackend(Protocol):
 
     def stream(self, prompt: TextPrompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
         """Yield text chunks until done, a stop string, or `cancel` is set; fill `report`."""
+        ...
+
+
+@runtime_checkable
+class Prefills(Protocol):
+    """A backend that can evaluate a prompt ahead of generating from it (its KV cache is its own)."""
+
+    def prefill(self, prompt: TextPrompt, done: Callable[[int], None]) -> None:
+        """Evaluate `prompt` when idle; `done` gets the number of tokens evaluated, on the caller's loop."""
         ...

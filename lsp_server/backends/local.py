@@ -285,7 +285,39 @@ class LocalBackend:
         report.total_s = time.perf_counter() - started
         push(_DONE)
 
+    def _prefill(self, prompt: TextPrompt, done: Callable[[int], None]) -> None:
+        llm = self._llm
+        if not self._jobs.empty():  # a generation, or a newer prompt, is waiting: it matters more
+            return
+        tokens = llm.tokenize(prompt.text.encode("utf-8"), add_bos=True, special=True)
+        room = llm.n_ctx() - prompt.max_tokens
+        if len(tokens) > room:  # the same cut as the generation's, so it finds these tokens cached
+            tokens = tokens[:1] + tokens[len(tokens) - room + 1 :]
+        cached = _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
+        if cached >= len(tokens):
+            return
+        try:
+            llm.n_tokens = cached
+            llm.eval(tokens[cached:])
+        except Exception:  # the C library's errors arrive as many types; the generation will report its own
+            log.exception("prompt evaluation ahead of a generation failed")
+            llm.n_tokens = 0
+            return
+        done(len(tokens) - cached)
+
     # --- event loop side -------------------------------------------------
+
+    def prefill(self, prompt: TextPrompt, done: Callable[[int], None]) -> None:
+        """Evaluate a prompt while the engine waits out its debounce, when the worker has nothing else to do:
+        the generation that may follow then starts on a warm KV cache instead of evaluating the typed text."""
+        if self._llm is None or not self._jobs.empty():
+            return
+        loop = asyncio.get_running_loop()
+
+        def report(tokens: int) -> None:
+            loop.call_soon_threadsafe(done, tokens)
+
+        self._jobs.put(lambda: self._prefill(prompt, report))
 
     async def stream(
         self, prompt: TextPrompt, cancel: threading.Event, report: Generation

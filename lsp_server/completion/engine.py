@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import statistics
@@ -14,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
-from lsp_server.backends import BackendError, CompletionBackend, Generation, TextPrompt
+from lsp_server.backends import BackendError, CompletionBackend, Generation, Prefills, TextPrompt
 from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess, repeats_nearby
 from lsp_server.completion.prompt import FimTemplate, build_prompt
 from lsp_server.config import Settings
@@ -79,6 +80,10 @@ class Counters:
     skippedRequests: int = 0
     joinedRequests: int = 0
     errors: int = 0
+    promptTokensEvaluated: int = 0
+    """Prompt tokens the model evaluated (not served from its KV cache)."""
+    generatedTokens: int = 0
+    """Tokens the model generated, shown or not."""
 
 
 class AdaptiveDebounce:
@@ -149,6 +154,19 @@ class _Slot:
         return self.seq
 
 
+@dataclass
+class Timing:
+    """Where one request's time went, in milliseconds: waiting on purpose, in the model, and the rest."""
+
+    total: float = 0.0
+    debounce: float = 0.0
+    model: float = 0.0
+    """Time the model worker spent on this request's generation (queueing for it is not model time)."""
+
+
+_timing: contextvars.ContextVar[Timing] = contextvars.ContextVar("tandem_timing")
+
+
 @dataclass(frozen=True)
 class Context:
     """What post-processing needs to know about the cursor's surroundings."""
@@ -196,6 +214,8 @@ class Engine:
         self._record = record
         self._slots: dict[str, _Slot] = {}
         self._latencies: deque[float] = deque(maxlen=2000)
+        self.last_timing = Timing()
+        """Stage times of the request answered last (the benchmark's overhead accounting reads it)."""
 
     async def complete(self, req: Request, on_partial: Callable[[str], None] = lambda text: None) -> Suggestion | None:
         """The newest request of a document gets a suggestion; older ones get None."""
@@ -211,11 +231,16 @@ class Engine:
         answer: asyncio.Future[Suggestion | None] = asyncio.get_running_loop().create_future()
         slot.running = _Running(req, answer)
         suggestion = None
+        timing = Timing()
+        _timing.set(timing)  # each request runs in its own task, so its own context
         try:
             suggestion = await self._complete(req, slot, ticket, on_partial, started)
             return suggestion
         finally:
             answer.set_result(suggestion)
+            timing.total = (time.perf_counter() - started) * 1000
+            if suggestion is not None:
+                self.last_timing = timing
 
     async def _complete(
         self, req: Request, slot: _Slot, ticket: int, on_partial: Callable[[str], None], started: float
@@ -229,7 +254,12 @@ class Engine:
             self.counters.skippedRequests += 1
             return None
         delay = 0.0 if req.invoked else self._debounce(slot)
+        if delay > 0:
+            await self._evaluate_ahead(req)
+        waited = time.perf_counter()
+        timing = _timing.get()
         await asyncio.sleep(delay)
+        timing.debounce = (time.perf_counter() - waited) * 1000
         if ticket != slot.seq:
             self.counters.supersededRequests += 1
             return None
@@ -257,7 +287,16 @@ class Engine:
         if latencies:
             percentiles["p50"] = round(statistics.median(latencies), 1)
             percentiles["p95"] = round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1)
-        return {"counters": asdict(self.counters), "latencyMs": percentiles}
+        return {"counters": asdict(self.counters), "latencyMs": percentiles, "lastTiming": asdict(self.last_timing)}
+
+    async def _evaluate_ahead(self, req: Request) -> None:
+        """Let an idle model evaluate the prompt while the debounce runs: after the pause, only generation is left."""
+        if isinstance(self._backend, Prefills):
+            prompt = build_prompt(req.text, req.cursor, await self._template(), self._settings.prompt_tokens)
+            self._backend.prefill(TextPrompt(prompt.text, self._settings.max_tokens), self._count_prefill)
+
+    def _count_prefill(self, tokens: int) -> None:
+        self.counters.promptTokensEvaluated += tokens
 
     def _debounce(self, slot: _Slot) -> float:
         fixed = self._settings.debounce_ms
@@ -277,6 +316,7 @@ class Engine:
         cancel = threading.Event()
         slot.cancel = cancel
         report = Generation()
+        timing = _timing.get()
         stop = () if ctx.multiline else ("\n",)
         raw = text = ""
         outcome = "ok"
@@ -307,8 +347,11 @@ class Engine:
             cancelled = cancelled or ticket != slot.seq
             if cancelled:
                 outcome = "cancelled"
+            timing.model = report.total_s * 1000
             if report.usage.prompt_tokens or outcome == "error":  # else it never reached the model
                 self._count_generation(outcome)
+                self.counters.promptTokensEvaluated += report.usage.prompt_tokens - report.usage.cached_tokens
+                self.counters.generatedTokens += report.usage.completion_tokens
                 self._record(
                     Entry(
                         task="completion",
