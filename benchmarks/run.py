@@ -1,6 +1,7 @@
 """`tandem bench`: replay typing into a real stdlib module through the server, the same pauses against
 llama.cpp's llama-server (the peer, asked the way llama.vscode asks it) and through llama-cpp-python
-directly, then a 10,000-request soak; print one table with each target met or missed.
+directly, then a 10,000-request soak and 1, 4 and 16 users sharing one server; print one table with
+each target met or missed.
 
     python benchmarks/run.py [--pauses 16] [--model PATH] [--markdown FILE] [--details]
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a source checkout runs as is
 
-from benchmarks import ledger_write, peer, soak
+from benchmarks import fleet, ledger_write, peer, soak
 from lsp_server.backends.local import LocalBackend, embedded_model_path
 from lsp_server.completion.engine import Context, Engine, Request
 from lsp_server.completion.prompt import build_prompt
@@ -385,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     soaked = asyncio.run(soak.soak(model, work / "soak.log", work / "soak-data", SOURCE[:OPENING_CHARS], args.soak))
     rows = peer_rows(pauses, others) + overhead_rows(pauses) + memory_rows(server_rss, peer_rss, model_bytes, soaked)
     rows += core_rows(pauses, kv, status, ledger, writes)
-    # Issue 8, item 5 (shared fleet over local.endpoint, 1/4/16 users): its rows are added here.
+    rows += [(measure, value, "", "", target) for measure, value, target in fleet.rows(model)]
     result = table(rows)
     header = (
         f"tandem bench — {len(bursts)} pauses typing into textwrap.py, model {Path(model).name}, "

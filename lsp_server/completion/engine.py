@@ -292,7 +292,9 @@ class Engine:
     async def _evaluate_ahead(self, req: Request) -> None:
         """Let an idle model evaluate the prompt while the debounce runs: after the pause, only generation is left."""
         if isinstance(self._backend, Prefills):
-            prompt = build_prompt(req.text, req.cursor, await self._template(), self._settings.prompt_tokens)
+            prompt = build_prompt(
+                req.text, req.cursor, await self._template(), self._settings.prompt_tokens, others=req.others
+            )
             self._backend.prefill(TextPrompt(prompt.text, self._settings.max_tokens), self._count_prefill)
 
     def _count_prefill(self, tokens: int) -> None:
