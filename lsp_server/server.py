@@ -453,7 +453,7 @@ def create_server() -> TandemServer:
         result["chatModel"] = _model_status(ls.local_chat)
         result["modelLoads"] = len({id(s) for s in (ls.local, ls.local_chat) if isinstance(s, LocalBackend)})
         result["settings"] = {
-            "debounceMs": ls.settings.debounce_ms or "auto",
+            "debounceMs": "auto" if ls.settings.debounce_ms is None else ls.settings.debounce_ms,
             "multiline": ls.settings.multiline,
         }
         cloud = ls.cloud
