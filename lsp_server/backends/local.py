@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
-from lsp_server.backends.healing import Sampling, TokenIndex, heal, pieces_of
+from lsp_server.backends.healing import Healing, Sampling, TokenIndex, heal, pieces_of
 from lsp_server.completion.prompt import FimTemplate, marker_problems, template_from_gguf
 from lsp_server.config import Settings
 from lsp_server.models import fit
@@ -221,8 +221,8 @@ class LocalBackend:
             "GPU offload" if info.gpu_offload else "CPU",
             f"FIM {template.family}" if template else "prefix-only (no FIM tokens)",
         )
+        self._token_index()  # before "ready": the first completion must not wait for it
         settle(info, None)
-        self._token_index()  # now, before the first completion waits for it
 
     def _token_index(self) -> TokenIndex:
         """The loaded model's vocabulary, indexed for token healing on first use (about a second)."""
@@ -230,6 +230,15 @@ class LocalBackend:
             llm = self._llm
             self._index = TokenIndex(pieces_of(llm.detokenize, llm.n_vocab()))
         return self._index
+
+    def _tokens(self, prompt: TextPrompt) -> Healing:
+        """The prompt's tokens as the model evaluates them: cut to fit the context, healed."""
+        llm = self._llm
+        tokens = llm.tokenize(prompt.text.encode("utf-8"), add_bos=True, special=True)
+        room = llm.n_ctx() - prompt.max_tokens
+        if len(tokens) > room:
+            tokens = tokens[:1] + tokens[len(tokens) - room + 1 :]
+        return heal(tokens, self._token_index())
 
     def _generate(
         self, prompt: TextPrompt, cancel: threading.Event, report: Generation, push: Callable[[object], None]
@@ -242,11 +251,7 @@ class LocalBackend:
             push(_DONE)
             return
         started = time.perf_counter()
-        tokens = llm.tokenize(prompt.text.encode("utf-8"), add_bos=True, special=True)
-        room = llm.n_ctx() - prompt.max_tokens
-        if len(tokens) > room:
-            tokens = tokens[:1] + tokens[len(tokens) - room + 1 :]
-        healing = heal(tokens, self._token_index())
+        healing = self._tokens(prompt)
         tokens = healing.tokens
         sampling = Sampling(healing.allowed)
         cached = _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
@@ -289,10 +294,7 @@ class LocalBackend:
         llm = self._llm
         if not self._jobs.empty():  # a generation, or a newer prompt, is waiting: it matters more
             return
-        tokens = llm.tokenize(prompt.text.encode("utf-8"), add_bos=True, special=True)
-        room = llm.n_ctx() - prompt.max_tokens
-        if len(tokens) > room:  # the same cut as the generation's, so it finds these tokens cached
-            tokens = tokens[:1] + tokens[len(tokens) - room + 1 :]
+        tokens = self._tokens(prompt).tokens  # exactly what the generation will evaluate
         cached = _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
         if cached >= len(tokens):
             return
