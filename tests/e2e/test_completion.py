@@ -158,7 +158,7 @@ async def test_cancel_request_stops_the_generation(editor: str, tmp_path: Path) 
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.4)  # let it generate a few tokens
         client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="long-1"))
-        with pytest.raises(Exception, match="(?i)cancel"):  # answered with an error, not a result
+        with pytest.raises(Exception, match=r"(?i)cancel"):  # answered with an error, not a result
             await asyncio.wrap_future(future)
         report = await status(client)
         assert report["counters"]["cancelledGenerations"] == 1
