@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import inspect
-import json
 import random
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a source chec
 from lsp_server.backends.local import embedded_model_path
 from lsp_server.config import cache_dir
 from lsp_server.session import Session, now_ms
+from tests.loopback import llama_server
 
 SERVER_THREADS = 2
 OPENING_CHARS = 1500
@@ -137,45 +131,6 @@ async def crowd(endpoint: str, users: int, pauses: int, folder: Path) -> tuple[l
     return list(results), time.perf_counter() - started
 
 
-@contextlib.contextmanager
-def llama_server(model: str, start_timeout_s: float = 120.0) -> Iterator[str]:
-    """One `python -m llama_cpp.server` on a free loopback port; its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tempfile.TemporaryFile()  # noqa: SIM115 (a file: llama.cpp's load log would fill a pipe)
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--n_ctx", "4096", "--n_threads", str(SERVER_THREADS)]
-    # By default a waiting request ends the running one mid-reply: right for one person, wrong for a team.
-    command += ["--interrupt_requests", "false"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"llama_cpp.server exited: {log.read().decode(errors='replace')[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
-                    if json.load(resp).get("data"):
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not answer on {url} in {start_timeout_s:g} s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -214,7 +169,9 @@ def rows(model_path: str, users: tuple[int, ...] = (1, 4, 16), pauses: int = 2) 
             "",
         )
     ]
-    with llama_server(model_path) as url:
+    # By default a waiting request ends the running one mid-reply: right for one person, wrong for a team.
+    server_args = ["--n_threads", str(SERVER_THREADS), "--interrupt_requests", "false"]
+    with llama_server(Path(model_path), n_ctx=4096, args=server_args) as url:
         for n in users:
             results, seconds = asyncio.run(crowd(url, n, pauses, folder))
             table += summarize(n, results, seconds)

@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
@@ -14,6 +14,9 @@ from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
 from lsp_server.session import plain
+
+if TYPE_CHECKING:
+    from tests.loopback import FaultProxy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,3 +93,20 @@ def upstream() -> Iterator[str]:
 
     with llama_server(embedded_model()) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def module_proxy(upstream: str) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of `upstream`, for one test module."""
+    from tests.loopback import FaultProxy
+
+    proxy = FaultProxy(upstream)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def proxy(module_proxy: FaultProxy) -> FaultProxy:
+    """The upstream as tandem sees it: the proxy, passing requests through, nothing seen yet."""
+    module_proxy.reset()
+    return module_proxy

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,10 +48,16 @@ def embedded_model() -> Path:
 
 
 @contextlib.contextmanager
-def llama_server(model: Path, start_timeout_s: float = 120.0, alias: str | None = None) -> Iterator[str]:
+def llama_server(
+    model: Path,
+    start_timeout_s: float = 120.0,
+    alias: str | None = None,
+    n_ctx: int = 2048,
+    args: Sequence[str] = (),
+) -> Iterator[str]:
     """Run `python -m llama_cpp.server` on a free port; yield its base URL (without /v1).
 
-    `alias` is the model's name at `/v1/models` (by default its path).
+    `alias` is the model's name at `/v1/models` (by default its path); `args` are more server options.
     """
     port = free_port()
     # A file, not a pipe: llama.cpp logs enough while loading to fill a pipe and block.
@@ -68,11 +74,12 @@ def llama_server(model: Path, start_timeout_s: float = 120.0, alias: str | None 
             "--port",
             str(port),
             "--n_ctx",
-            "2048",
+            str(n_ctx),
             # Without it llama-cpp-python 0.3.36 falls back to the llama-2 format for this GGUF.
             "--chat_format",
             "gemma",
             *(["--model_alias", alias] if alias else []),
+            *args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=log,

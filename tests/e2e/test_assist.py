@@ -45,16 +45,10 @@ FAST_LOCAL = {"local": {"contextSize": 256}, "completion": {"maxTokens": 8}}
 
 @pytest.fixture(scope="module")
 def module_proxy(upstream: str) -> Iterator[FaultProxy]:
+    """The cloud: replies capped at 16 tokens, quick on 2 cores."""
     proxy = FaultProxy(upstream, max_tokens=16)
     yield proxy
     proxy.close()
-
-
-@pytest.fixture
-def proxy(module_proxy: FaultProxy) -> FaultProxy:
-    """The cloud as tandem sees it: the proxy, passing requests through, nothing seen yet."""
-    module_proxy.reset()
-    return module_proxy
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,6 @@ LINE = "def add(a, b):\n    return "
 BLOCK = "import os\n\n\ndef list_python_files(folder):\n"
 """Ends at a block start: a multi-line suggestion."""
 Start = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture(scope="module")
-def module_proxy(upstream: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(upstream)
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def proxy(module_proxy: FaultProxy) -> FaultProxy:
-    """The team's server as tandem sees it: passing requests through, nothing seen yet."""
-    module_proxy.reset()
-    return module_proxy
 
 
 @pytest.fixture

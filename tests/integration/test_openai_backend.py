@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from loopback import Fault, FaultProxy, free_port
@@ -18,20 +17,6 @@ MESSAGES = [
     {"role": "system", "content": "You are a terse assistant."},
     {"role": "user", "content": "Write one sentence about the sea."},
 ]
-
-
-@pytest.fixture(scope="module")
-def module_proxy(upstream: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(upstream)
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def proxy(module_proxy: FaultProxy) -> FaultProxy:
-    """The proxy, passing requests through, with nothing seen yet."""
-    module_proxy.reset()
-    return module_proxy
 
 
 def backend(url: str, **kwargs: object) -> OpenAICompatBackend:
