@@ -68,7 +68,7 @@ class LlamaServer:
             "256",
             "--no-webui",
             "-ngl",
-            str(999 if settings.n_gpu_layers < 0 else settings.n_gpu_layers),
+            str(999 if settings.n_gpu_layers is None or settings.n_gpu_layers < 0 else settings.n_gpu_layers),
         ]
         # The threads tandem's llama-cpp-python uses (half the CPUs to generate, all to evaluate prompts):
         # the comparison is between the two ways of asking the model, not between thread settings.
