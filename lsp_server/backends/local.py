@@ -259,9 +259,10 @@ class LocalBackend:
         written = text = ""  # `written` includes the healed text the model wrote again; `text` is what follows
         generated = 0
         vocab = llm._model.vocab
+        processors = llama_cpp.LogitsProcessorList([sampling])
+        tokens_out = llm.generate(tokens, temp=0.0, repeat_penalty=1.0, top_k=1, logits_processor=processors)
         try:
-            processors = llama_cpp.LogitsProcessorList([sampling])
-            for token in llm.generate(tokens, temp=0.0, repeat_penalty=1.0, top_k=1, logits_processor=processors):
+            for token in tokens_out:
                 if generated == 0:
                     report.first_token_s = time.perf_counter() - started
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
@@ -285,6 +286,8 @@ class LocalBackend:
         except Exception as exc:  # the C library's errors arrive as many types; report, keep serving
             log.exception("generation failed")
             push(BackendError(f"local generation failed: {exc}"))
+        finally:
+            _free_sampler(llm, tokens_out)
         report.mean_logprob = sampling.mean(generated)
         report.usage = Usage(prompt_tokens=len(tokens), completion_tokens=generated, cached_tokens=cached)
         report.total_s = time.perf_counter() - started
@@ -344,6 +347,17 @@ class LocalBackend:
                 cancel.set()  # the consumer left early: the worker stops within one token
                 while item is not _DONE:  # wait for it, so `report` is complete for the ledger
                     item = await chunks.get()
+
+
+def _free_sampler(llm: Any, tokens_out: Any) -> None:
+    """Free the sampler chain `generate` made. llama-cpp-python replaces it on every call and leaves the
+    old one, with our logits processor, in a reference cycle: measured here, RSS grew ~1.4 MiB per
+    10 generations until the cyclic collector ran; freed each time it stays flat."""
+    tokens_out.close()  # the generator first: it may still use the sampler
+    sampler = llm._sampler
+    if sampler is not None:
+        sampler.close()
+        llm._sampler = None
 
 
 def _common_prefix(a: Any, b: list[int]) -> int:
