@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -74,7 +75,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     settings = _settings()
     folder = models_dir()
     vram, ram = fit.free_vram(), fit.available_memory()
-    active = {settings.model_path: "completion", settings.chat_model_path: "chat"}
+    active = [(settings.model_path, "completion"), (settings.chat_model_path, "chat")]
     rows = []
     for card in load_cards():
         for quant in card.quants:
@@ -87,7 +88,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                 if (partial.exists())
                 else "-"
             )
-            roles = [role for path, role in active.items() if path and Path(path) == file]
+            roles = [role for path, role in active if path and Path(path) == file]
+            if quant.package is not None and not file.exists():  # the embedded default serves unset roles
+                state = "embedded" if importlib.util.find_spec(quant.package.replace("-", "_")) else "-"
+                roles = [role for path, role in active if path is None and state == "embedded"]
             rows.append({
                 "name": f"{card.name}:{quant.name}",
                 "roles": "+".join(card.roles),

@@ -30,7 +30,7 @@ def test_list_shows_every_card(tmp_path: Path) -> None:
         assert f"{card.name}:{card.quants[0].name}" in run.stdout
     assert f"files in {tmp_path / 'models'}" in run.stdout
     rows = json.loads(tandem(tmp_path, "list", "--json").stdout)["models"]
-    assert {row["downloaded"] for row in rows} == {"-"}
+    assert {row["downloaded"] for row in rows if not row["name"].startswith("gemma-3-270m")} == {"-"}
     assert {row["fit"] for row in rows} <= {"~fits GPU", "~GPU partly", "~fits CPU", "~too large"}
     assert {row["fit"] for row in rows if row["size"].endswith("MiB")} <= {"~fits GPU", "~fits CPU"}
 
@@ -54,6 +54,9 @@ def test_info_reads_metadata(tmp_path: Path) -> None:
 
 
 def test_pull_verify_use_the_embedded_model(tmp_path: Path) -> None:
+    rows = {r["name"]: r for r in json.loads(tandem(tmp_path, "list", "--json").stdout)["models"]}
+    embedded = rows["gemma-3-270m:Q4_K_M"]  # nothing configured: the embedded default serves both roles
+    assert (embedded["downloaded"], embedded["active"]) == ("embedded", "completion,chat")
     assert tandem(tmp_path, "use", "gemma-3-270m").returncode == 1  # not downloaded yet
     pulled = tandem(tmp_path, "pull", "gemma-3-270m")
     assert pulled.returncode == 0, pulled.stderr
