@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -24,6 +23,7 @@ from typing import Any
 
 from lsp_server.completion.engine import Context
 from lsp_server.session import now_ms
+from tests.loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PREFIX_LINES = 256
@@ -48,18 +48,11 @@ def build(python: str) -> Path:
     return ROOT / out.stdout.strip().splitlines()[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class LlamaServer:
     """A llama-server process on loopback, started with the settings llama.vscode's README recommends for CPU."""
 
     def __init__(self, binary: Path, model: str, settings: Any, log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [str(binary), "-m", model, "--host", "127.0.0.1", "--port", str(self.port)]
         args += ["-c", str(settings.context_size), "-np", "1", "-fa", "on", "-ub", "1024", "-b", "1024"]

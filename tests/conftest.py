@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,3 +111,20 @@ def proxy(module_proxy: FaultProxy) -> FaultProxy:
     """The upstream as tandem sees it: the proxy, passing requests through, nothing seen yet."""
     module_proxy.reset()
     return module_proxy
+
+
+async def command(client: Client, name: str, *arguments: Any) -> dict[str, Any]:
+    """Run a `workspace/executeCommand` and give back its result as plain JSON."""
+    result = await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command=name, arguments=list(arguments))
+    )
+    return dict(plain(result))
+
+
+async def until(predicate: Callable[[], Any], timeout_s: float = 60.0) -> None:
+    """Wait until `predicate()` is true; fail the test after `timeout_s`."""
+    for _ in range(int(timeout_s / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out waiting")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import pytest
 from lsprotocol import types
 
 from lsp_server.session import plain
-from tests.conftest import REPO, Client, start_client
+from tests.conftest import REPO, Client, command, start_client, until
 from tests.e2e.test_completion import inline_params, ledger_rows, units
 from tests.loopback import Fault, FaultProxy, Script, ScriptedServer, free_port
 
@@ -122,13 +122,6 @@ FILE_SIZE = span((8, 0), (10, 0))
 """The `file_size` function, with its final newline."""
 
 
-async def command(client: Client, name: str, *arguments: Any) -> dict[str, Any]:
-    result = await client.workspace_execute_command_async(
-        types.ExecuteCommandParams(command=name, arguments=list(arguments))
-    )
-    return dict(plain(result))
-
-
 def send_command(client: Client, name: str, argument: dict[str, Any], msg_id: str) -> asyncio.Future[Any]:
     """Send without waiting, under a known request id."""
     params = types.ExecuteCommandParams(command=name, arguments=[argument])
@@ -175,14 +168,6 @@ async def spent(editor: Editor) -> list[dict[str, Any]]:
     """The ledger's rows once everything recorded so far is written."""
     await command(editor.client, "tandem.usage")
     return ledger_rows(editor.data_dir)
-
-
-async def until(predicate: Callable[[], Any], timeout_s: float = 60.0) -> None:
-    for _ in range(int(timeout_s / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out waiting")
 
 
 def audit_lines(editor: Editor) -> list[dict[str, Any]]:

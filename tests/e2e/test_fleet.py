@@ -13,8 +13,7 @@ import pytest
 from lsprotocol import types
 
 from lsp_server.backends.openai_compat import LINE_MAX_TOKENS
-from lsp_server.session import plain
-from tests.conftest import REPO, Client, start_client
+from tests.conftest import REPO, Client, command, start_client, until
 from tests.e2e.test_completion import inline_params, insert, ledger_rows
 from tests.loopback import Fault, FaultProxy, llama_server, network_address
 from tests.tiny_gguf import write_tiny_fim_model
@@ -61,24 +60,9 @@ def ask(client: Client, text: str, uri: str = URI, invoked: bool = True) -> asyn
     )
 
 
-async def command(client: Client, name: str, *arguments: Any) -> dict[str, Any]:
-    result = await client.workspace_execute_command_async(
-        types.ExecuteCommandParams(command=name, arguments=list(arguments))
-    )
-    return dict(plain(result))
-
-
 async def recorded(client: Client, data_dir: Path) -> list[dict[str, Any]]:
     await command(client, "tandem.usage")  # waits for the ledger's writer
     return ledger_rows(data_dir)
-
-
-async def until(predicate: Callable[[], Any], timeout_s: float = 60.0) -> None:
-    for _ in range(int(timeout_s / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out waiting")
 
 
 @pytest.mark.parametrize("usage", ["reported", "omitted"])
