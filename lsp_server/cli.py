@@ -68,7 +68,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from lsp_server import evaluate
 
-    return evaluate.run(args)
+    return evaluate.main(args.rest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,20 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--model", help="GGUF file (default: the embedded Gemma 3 270M)")
     demo.add_argument("--fast", action="store_true", help="type without human pauses")
     demo.set_defaults(run=_demo)
-    for name, run, text in (
-        ("usage", _usage, "token ledger totals (--json, --csv)"),
-        ("models", _models, "model cards: list, pull, verify, use, info"),
-        ("bench", _bench, "benchmarks (from a source checkout)"),
-    ):
-        sub = commands.add_parser(name, help=text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(run=run)
-    from lsp_server.evaluate import add_arguments
-
-    evaluate = commands.add_parser("eval", help="completion quality on holes cut in real code, server vs raw model")
-    add_arguments(evaluate)
-    evaluate.set_defaults(run=_eval)
-    args = parser.parse_args(argv)
+    passed_on = {
+        "usage": (_usage, "token ledger totals (--json, --csv)"),
+        "models": (_models, "model cards: list, pull, verify, use, info"),
+        "bench": (_bench, "benchmarks (from a source checkout)"),
+        "eval": (_eval, "completion quality on holes cut in real code, server vs raw model"),
+    }
+    for name, (run, text) in passed_on.items():
+        commands.add_parser(name, help=text, add_help=False).set_defaults(run=run)
+    # These commands parse their own options: everything after the name is theirs. (argparse's REMAINDER
+    # rejects a first word that starts with "-", so `tandem usage --json` must not go through it.)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    name_at = next((i for i, word in enumerate(argv) if word in passed_on), len(argv))
+    args = parser.parse_args(argv[: name_at + 1])
+    args.rest = argv[name_at + 1 :]
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),

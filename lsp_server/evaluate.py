@@ -334,17 +334,15 @@ def table(run: Run) -> str:
     return "\n".join(out)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `tandem eval`."""
+def main(argv: list[str]) -> int:
+    """Entry point of `tandem eval`."""
+    parser = argparse.ArgumentParser(prog="tandem eval", description=__doc__)
     parser.add_argument("--holes", type=int, default=60, help="number of holes (default 60)")
     parser.add_argument("--seed", type=int, default=1, help="seed for choosing holes (default 1)")
     parser.add_argument("--packages", default=",".join(PACKAGES), help="installed packages to cut holes in")
     parser.add_argument("--model", help="GGUF file (default: the embedded Gemma 3 270M)")
     parser.add_argument("--json", type=Path, help="write the results here, for comparing commits")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `tandem eval`."""
+    args = parser.parse_args(argv)
     if args.holes < 1:
         print("tandem eval: --holes must be at least 1", file=sys.stderr)
         return 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,17 @@ def test_json_and_csv_are_exclusive(data_dir: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
         usage.main(["--json", "--csv"])
     assert exit_.value.code == 2
+
+
+def test_the_command_line_passes_options_through(data_dir: Path) -> None:
+    # `tandem usage --json`: an option right after the command's name reaches the command.
+    seed(data_dir, LOCAL)
+    run = subprocess.run(
+        [sys.executable, "-m", "lsp_server", "usage", "--json"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert [row["backend"] for row in json.loads(run.stdout)["totals"]] == ["local"]
