@@ -39,6 +39,8 @@ class Generation:
     cancelled: bool = False
     mean_logprob: float | None = None
     """Mean log-probability of the generated tokens; None when the backend does not report it."""
+    ahead_tokens: int = 0
+    """Completion tokens that were decoded ahead, while the user typed, rather than for this request."""
 
 
 class BackendError(Exception):
@@ -60,6 +62,7 @@ class CompletionBackend(Protocol):
 class Prefills(Protocol):
     """A backend that can evaluate a prompt ahead of generating from it (its KV cache is its own)."""
 
-    def prefill(self, prompt: TextPrompt, done: Callable[[int], None]) -> None:
-        """Evaluate `prompt` when idle; `done` gets the number of tokens evaluated, on the caller's loop."""
+    def prefill(self, prompt: TextPrompt, done: Callable[[int, int], None]) -> None:
+        """Evaluate `prompt` when idle and decode ahead; `done` gets the prompt tokens evaluated and the tokens
+        decoded, on the caller's loop."""
         ...

@@ -62,15 +62,15 @@ def heal(tokens: list[int], index: TokenIndex) -> Healing:
 
 
 class Sampling:
-    """A llama.cpp logits processor: masks the first token to the healing set; records greedy logprobs."""
+    """Greedy choice's helper: masks the first token to the healing set; records the chosen tokens' logprobs."""
 
     def __init__(self, allowed: npt.NDArray[np.intc] | None) -> None:
         self._allowed = allowed
         self.logprobs: list[float] = []
         """Log-probability of each greedily chosen token, in order."""
 
-    def __call__(self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
-        """Called by llama.cpp once per sampled token with the full vocabulary's logits."""
+    def __call__(self, scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        """The logits to take the greatest of, given the full vocabulary's; called once per token."""
         if self._allowed is not None and not self.logprobs:
             masked = np.full_like(scores, -np.inf)
             masked[self._allowed] = scores[self._allowed]
@@ -78,11 +78,6 @@ class Sampling:
         best = float(scores.max())
         self.logprobs.append(-float(np.log(np.exp(scores - best).sum())))
         return scores
-
-    def mean(self, count: int) -> float | None:
-        """Mean log-probability of the first `count` tokens; None when there were none."""
-        chosen = self.logprobs[:count]
-        return sum(chosen) / len(chosen) if chosen else None
 
 
 def pieces_of(detokenize: Callable[[list[int]], bytes], size: int) -> list[bytes]:

@@ -9,10 +9,13 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
 from lsp_server.backends.healing import Healing, Sampling, TokenIndex, heal, pieces_of
@@ -26,6 +29,36 @@ log = logging.getLogger(__name__)
 _DONE = object()
 # One load at a time: a second model (the chat role) must see the memory the first one took.
 _LOADING = threading.Lock()
+
+
+@dataclass
+class _Held:
+    """What the KV cache holds past a prompt: the model's own greedy tokens, kept so that the next generation
+    after the same prompt, or after the user typed what the model chose, need not decode them again."""
+
+    prompt: list[int]
+    removed: str
+    """The text the first token had to start with (token healing); "" when it was free."""
+    tokens: list[int]
+    logprobs: list[float]
+
+
+class _Text:
+    """The text of the tokens generated after a healed prompt, without the text healing removed from it."""
+
+    def __init__(self, llm: Any, healing: Healing) -> None:
+        self._llm = llm
+        self._healing = healing
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._written = ""  # includes the removed text, which the model writes again
+        self.text = ""
+
+    def add(self, token: int) -> str:
+        """Append a token; the text it adds."""
+        self._written += self._decoder.decode(self._llm.detokenize([token], prev_tokens=self._healing.tokens))
+        piece = self._written[len(self._healing.removed) :][len(self.text) :]
+        self.text += piece
+        return piece
 
 
 @dataclass(frozen=True)
@@ -119,6 +152,8 @@ class LocalBackend:
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._llm: Any = None  # touched only by the worker thread
         self._index: TokenIndex | None = None  # likewise
+        self._held: _Held | None = None  # likewise: what the KV cache holds past the last prompt
+        self._logits_at = -1  # likewise: the KV length the context's last logits belong to
         self._loaded: asyncio.Future[ModelInfo] | None = None
         self.loaded: ModelInfo | None = None
         """The model, once loaded."""
@@ -245,36 +280,31 @@ class LocalBackend:
     ) -> None:
         import llama_cpp
 
-        llm = self._llm
         if cancel.is_set():  # superseded while queued: no prompt evaluation at all
             report.cancelled = True
             push(_DONE)
             return
         started = time.perf_counter()
         healing = self._tokens(prompt)
-        tokens = healing.tokens
-        sampling = Sampling(healing.allowed)
-        cached = _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        written = text = ""  # `written` includes the healed text the model wrote again; `text` is what follows
-        generated = 0
-        vocab = llm._model.vocab
-        processors = llama_cpp.LogitsProcessorList([sampling])
-        tokens_out = llm.generate(tokens, temp=0.0, repeat_penalty=1.0, top_k=1, logits_processor=processors)
+        text = _Text(self._llm, healing)
+        vocab = self._llm._model.vocab
+        generated = ahead = evaluated = 0
+        logprobs: list[float] = []
         try:
-            for token in tokens_out:
+            held, evaluated = self._position(healing)
+            ahead = len(held.tokens)
+            for token, logprob in self._greedy(held, healing.allowed):
                 if generated == 0:
                     report.first_token_s = time.perf_counter() - started
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     break
                 generated += 1
-                written += decoder.decode(llm.detokenize([token], prev_tokens=tokens))
-                piece = written[len(healing.removed) :][len(text) :]
-                text += piece
-                stop_at = _first_stop(text, prompt.stop)
+                logprobs.append(logprob)
+                piece = text.add(token)
+                stop_at = _first_stop(text.text, prompt.stop)
                 if stop_at is not None:
-                    if stop_at > len(text) - len(piece):
-                        push(text[len(text) - len(piece) : stop_at])
+                    if stop_at > len(text.text) - len(piece):
+                        push(text.text[len(text.text) - len(piece) : stop_at])
                     break
                 if piece:
                     push(piece)
@@ -285,42 +315,116 @@ class LocalBackend:
                     break
         except Exception as exc:  # the C library's errors arrive as many types; report, keep serving
             log.exception("generation failed")
+            self._forget()
             push(BackendError(f"local generation failed: {exc}"))
-        finally:
-            _free_sampler(llm, tokens_out)
-        report.mean_logprob = sampling.mean(generated)
-        report.usage = Usage(prompt_tokens=len(tokens), completion_tokens=generated, cached_tokens=cached)
+        report.mean_logprob = sum(logprobs) / len(logprobs) if logprobs else None
+        report.ahead_tokens = min(ahead, generated)
+        prompt_tokens = len(healing.tokens)
+        report.usage = Usage(prompt_tokens, completion_tokens=generated, cached_tokens=prompt_tokens - evaluated)
         report.total_s = time.perf_counter() - started
         push(_DONE)
 
-    def _prefill(self, prompt: TextPrompt, done: Callable[[int], None]) -> None:
-        llm = self._llm
+    def _prefill(self, prompt: TextPrompt, done: Callable[[int, int], None]) -> None:
+        """Evaluate the prompt, then decode ahead of the generation that may follow until other work arrives."""
+        import llama_cpp
+
         if not self._jobs.empty():  # a generation, or a newer prompt, is waiting: it matters more
             return
-        tokens = self._tokens(prompt).tokens  # exactly what the generation will evaluate
-        cached = _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
-        if cached >= len(tokens):
-            return
+        healing = self._tokens(prompt)  # exactly what the generation will evaluate
+        text = _Text(self._llm, healing)
+        vocab = self._llm._model.vocab
         try:
-            llm.n_tokens = cached
-            llm.eval(tokens[cached:])
+            held, evaluated = self._position(healing)
+            known = len(held.tokens)
+            for n, (token, _) in enumerate(self._greedy(held, healing.allowed)):
+                if n >= prompt.max_tokens or llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+                text.add(token)
+                if _first_stop(text.text, prompt.stop) is not None or not self._jobs.empty():
+                    break  # unevaluated: the generation chooses the same token again from the logits held
+            decoded = len(held.tokens) - known
         except Exception:  # the C library's errors arrive as many types; the generation will report its own
             log.exception("prompt evaluation ahead of a generation failed")
-            llm.n_tokens = 0
+            self._forget()
             return
-        done(len(tokens) - cached)
+        if evaluated or decoded:
+            done(evaluated, decoded)
+
+    def _position(self, healing: Healing) -> tuple[_Held, int]:
+        """Make the KV cache hold the healed prompt and what of its greedy continuation this prompt would choose
+        again; that continuation, and how many prompt tokens had to be evaluated."""
+        llm = self._llm
+        tokens = healing.tokens
+        cached = llm.input_ids[: llm.n_tokens].tolist()
+        held = self._reusable(healing, cached)
+        sequence = tokens + held.tokens
+        keep = _common_prefix(cached, sequence)
+        self._held = held
+        if keep == len(sequence) == len(cached) and self._logits_at == keep:
+            return held, 0
+        keep = min(keep, len(sequence) - 1)  # at least the last token, for its logits
+        self._logits_at = -1
+        llm.n_tokens = keep
+        llm.eval(sequence[keep:])
+        self._logits_at = llm.n_tokens
+        return held, max(0, len(tokens) - keep)
+
+    def _reusable(self, healing: Healing, cached: list[int]) -> _Held:
+        """The part of the KV cache's greedy continuation that a generation after `healing` would choose again.
+
+        A greedy choice depends only on the tokens before it, so it stands when the user typed exactly what
+        the model chose, as long as the first reused token also meets this prompt's token healing; its
+        log-probability stays the one over the wider set it was chosen from (slightly lower, never higher)."""
+        tokens = healing.tokens
+        fresh = _Held(tokens, healing.removed, [], [])
+        old = self._held
+        if old is None or old.prompt + old.tokens != cached or not len(old.prompt) <= len(tokens) < len(cached):
+            return fresh
+        if cached[: len(tokens)] != tokens:
+            return fresh
+        chosen_under = old.removed if len(tokens) == len(old.prompt) else ""
+        first = self._token_index().pieces[cached[len(tokens)]]
+        if not healing.removed.startswith(chosen_under) or not first.startswith(healing.removed.encode()):
+            return fresh
+        skip = len(tokens) - len(old.prompt)
+        return _Held(tokens, healing.removed, cached[len(tokens) :], old.logprobs[skip:])
+
+    def _greedy(self, held: _Held, allowed: npt.NDArray[np.intc] | None) -> Iterator[tuple[int, float]]:
+        """The model's greedy tokens after the positioned prompt, each with its log-probability: first those the
+        KV cache holds, then new ones. A token is evaluated only when the next one is asked for."""
+        llm = self._llm
+        yield from list(zip(held.tokens, held.logprobs, strict=True))
+        import llama_cpp
+
+        sampling = Sampling(None if held.tokens else allowed)
+        while True:
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),))
+            token = int(np.argmax(sampling(logits)))
+            yield token, sampling.logprobs[-1]
+            self._logits_at = -1
+            llm.eval([token])
+            self._logits_at = llm.n_tokens
+            held.tokens.append(token)
+            held.logprobs.append(sampling.logprobs[-1])
+
+    def _forget(self) -> None:
+        """After a failure in the C library: nothing held is trusted."""
+        self._llm.n_tokens = 0
+        self._held = None
+        self._logits_at = -1
 
     # --- event loop side -------------------------------------------------
 
-    def prefill(self, prompt: TextPrompt, done: Callable[[int], None]) -> None:
-        """Evaluate a prompt while the engine waits out its debounce, when the worker has nothing else to do:
-        the generation that may follow then starts on a warm KV cache instead of evaluating the typed text."""
+    def prefill(self, prompt: TextPrompt, done: Callable[[int, int], None]) -> None:
+        """Evaluate a prompt while the engine waits out its debounce, when the worker has nothing else to do,
+        then decode ahead until other work arrives: the generation that may follow starts on a warm KV cache
+        with its first tokens chosen. `done` gets the prompt tokens evaluated and the tokens decoded."""
         if self._llm is None or not self._jobs.empty():
             return
         loop = asyncio.get_running_loop()
 
-        def report(tokens: int) -> None:
-            loop.call_soon_threadsafe(done, tokens)
+        def report(evaluated: int, decoded: int) -> None:
+            loop.call_soon_threadsafe(done, evaluated, decoded)
 
         self._jobs.put(lambda: self._prefill(prompt, report))
 
@@ -347,17 +451,6 @@ class LocalBackend:
                 cancel.set()  # the consumer left early: the worker stops within one token
                 while item is not _DONE:  # wait for it, so `report` is complete for the ledger
                     item = await chunks.get()
-
-
-def _free_sampler(llm: Any, tokens_out: Any) -> None:
-    """Free the sampler chain `generate` made. llama-cpp-python replaces it on every call and leaves the
-    old one, with our logits processor, in a reference cycle: measured here, RSS grew ~1.4 MiB per
-    10 generations until the cyclic collector ran; freed each time it stays flat."""
-    tokens_out.close()  # the generator first: it may still use the sampler
-    sampler = llm._sampler
-    if sampler is not None:
-        sampler.close()
-        llm._sampler = None
 
 
 def _common_prefix(a: Any, b: list[int]) -> int:

@@ -83,7 +83,11 @@ class Counters:
     promptTokensEvaluated: int = 0
     """Prompt tokens the model evaluated (not served from its KV cache)."""
     generatedTokens: int = 0
-    """Tokens the model generated, shown or not."""
+    """Tokens the model generated, shown or not, decoded ahead or not."""
+    aheadTokens: int = 0
+    """Tokens decoded ahead while the user typed (the model was idle), used or not."""
+    aheadTokensUsed: int = 0
+    """Tokens of generations that had been decoded ahead."""
 
 
 class AdaptiveDebounce:
@@ -253,9 +257,15 @@ class Engine:
         if not _COMPLETABLE_SUFFIX.fullmatch(_line_suffix(req.text, req.cursor)):
             self.counters.skippedRequests += 1
             return None
+        ctx = Context.at(req.text, req.cursor, self._settings.multiline)
+        prompt = build_prompt(
+            req.text, req.cursor, await self._template(), self._settings.prompt_tokens, others=req.others
+        )
         delay = 0.0 if req.invoked else self._debounce(slot)
-        if delay > 0:
-            await self._evaluate_ahead(req)
+        if delay > 0 and isinstance(self._backend, Prefills):
+            # The model is idle while the debounce runs: evaluate the prompt and decode ahead, so that
+            # after the pause the first line is partly or wholly there.
+            self._backend.prefill(self._text_prompt(prompt.text, ctx), self._count_prefill)
         waited = time.perf_counter()
         timing = _timing.get()
         await asyncio.sleep(delay)
@@ -263,10 +273,6 @@ class Engine:
         if ticket != slot.seq:
             self.counters.supersededRequests += 1
             return None
-        ctx = Context.at(req.text, req.cursor, self._settings.multiline)
-        prompt = build_prompt(
-            req.text, req.cursor, await self._template(), self._settings.prompt_tokens, others=req.others
-        )
         request_id = uuid.uuid4().hex
         text = await self._generate(prompt.text, ctx, slot, ticket, req, request_id, on_partial)
         if not text:
@@ -289,16 +295,13 @@ class Engine:
             percentiles["p95"] = round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1)
         return {"counters": asdict(self.counters), "latencyMs": percentiles, "lastTiming": asdict(self.last_timing)}
 
-    async def _evaluate_ahead(self, req: Request) -> None:
-        """Let an idle model evaluate the prompt while the debounce runs: after the pause, only generation is left."""
-        if isinstance(self._backend, Prefills):
-            prompt = build_prompt(
-                req.text, req.cursor, await self._template(), self._settings.prompt_tokens, others=req.others
-            )
-            self._backend.prefill(TextPrompt(prompt.text, self._settings.max_tokens), self._count_prefill)
+    def _text_prompt(self, text: str, ctx: Context) -> TextPrompt:
+        return TextPrompt(text, self._settings.max_tokens, () if ctx.multiline else ("\n",))
 
-    def _count_prefill(self, tokens: int) -> None:
-        self.counters.promptTokensEvaluated += tokens
+    def _count_prefill(self, evaluated: int, decoded: int) -> None:
+        self.counters.promptTokensEvaluated += evaluated
+        self.counters.generatedTokens += decoded
+        self.counters.aheadTokens += decoded
 
     def _debounce(self, slot: _Slot) -> float:
         fixed = self._settings.debounce_ms
@@ -319,12 +322,11 @@ class Engine:
         slot.cancel = cancel
         report = Generation()
         timing = _timing.get()
-        stop = () if ctx.multiline else ("\n",)
         raw = text = ""
         outcome = "ok"
         cancelled = False
         try:
-            stream = self._backend.stream(TextPrompt(prompt_text, self._settings.max_tokens, stop), cancel, report)
+            stream = self._backend.stream(self._text_prompt(prompt_text, ctx), cancel, report)
             async with contextlib.aclosing(stream):
                 async for chunk in stream:
                     raw += chunk
@@ -353,7 +355,8 @@ class Engine:
             if report.usage.prompt_tokens or outcome == "error":  # else it never reached the model
                 self._count_generation(outcome)
                 self.counters.promptTokensEvaluated += report.usage.prompt_tokens - report.usage.cached_tokens
-                self.counters.generatedTokens += report.usage.completion_tokens
+                self.counters.generatedTokens += report.usage.completion_tokens - report.ahead_tokens
+                self.counters.aheadTokensUsed += report.ahead_tokens
                 self._record(
                     Entry(
                         task="completion",

@@ -12,23 +12,47 @@ from tests.conftest import Client
 from tests.e2e.test_completion import SOURCE, complete, end_position, open_doc, status
 
 
-async def test_prompt_evaluated_ahead_leaves_only_generation() -> None:
-    backend = LocalBackend(Settings(), lambda: str(embedded_model_path(cache_dir())))
-    await backend.start()
+async def _line(backend: LocalBackend, text: str) -> tuple[str, Generation]:
+    report = Generation()
+    out = ""
+    async for chunk in backend.stream(TextPrompt(text, 16, ("\n",)), threading.Event(), report):
+        out += chunk
+    return out, report
+
+
+async def _ahead(backend: LocalBackend, text: str) -> tuple[int, int]:
+    done: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+    backend.prefill(TextPrompt(text, 16, ("\n",)), lambda evaluated, decoded: done.put_nowait((evaluated, decoded)))
+    return await asyncio.wait_for(done.get(), 120)
+
+
+async def test_prompt_evaluated_and_decoded_ahead_is_what_generation_would_do() -> None:
+    path = str(embedded_model_path(cache_dir()))
+    ahead, fresh = LocalBackend(Settings(), lambda: path), LocalBackend(Settings(), lambda: path)
+    await asyncio.gather(ahead.start(), fresh.start())
     try:
-        evaluated: asyncio.Queue[int] = asyncio.Queue()
-        backend.prefill(TextPrompt(SOURCE, 8), evaluated.put_nowait)
-        tokens = await asyncio.wait_for(evaluated.get(), 120)
-        report = Generation()
-        async for _ in backend.stream(TextPrompt(SOURCE, 8, ("\n",)), threading.Event(), report):
-            pass
-        assert tokens == report.usage.prompt_tokens > 10
+        prompt = SOURCE + "    return len(text."
+        evaluated, decoded = await _ahead(ahead, prompt)
+        assert evaluated > 10 and decoded > 0  # the whole idle time went to the line after the prompt
+        line, report = await _line(ahead, prompt)
+        expected, _ = await _line(fresh, prompt)
+        assert line == expected and line
         assert report.usage.cached_tokens == report.usage.prompt_tokens  # nothing left to evaluate
-        backend.prefill(TextPrompt(SOURCE, 8), evaluated.put_nowait)  # already in the KV cache: no work
-        await asyncio.sleep(0.5)
-        assert evaluated.empty()
+        assert report.ahead_tokens == decoded  # the decoded tokens were served, not decoded again
+        # The user types the first characters the model chose (inside a token, so token healing applies):
+        # the next prompt finds them in the KV cache and its line is the rest of the same line.
+        typed = prompt + line[:2]
+        line2, report2 = await _line(ahead, typed)
+        expected2, _ = await _line(fresh, typed)
+        assert line2 == expected2 == line[2:]
+        assert report2.ahead_tokens > 0 and report2.usage.cached_tokens == report2.usage.prompt_tokens
+        # Something else typed: nothing held is reused, and the answer is the fresh model's.
+        other = prompt + "zz"
+        line3, report3 = await _line(ahead, other)
+        assert (line3, report3.ahead_tokens) == ((await _line(fresh, other))[0], 0)
     finally:
-        backend.close()
+        ahead.close()
+        fresh.close()
 
 
 async def test_status_counts_model_tokens_and_stage_times(client: Client, editor: str) -> None:
