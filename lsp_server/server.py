@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from lsp_server.backends import BackendError
 from lsp_server.backends.local import LocalBackend, embedded_model_path
 from lsp_server.backends.openai_compat import OpenAICompatBackend
 from lsp_server.budget import Budget
-from lsp_server.completion.engine import Engine, Request, Selected
+from lsp_server.completion.engine import Engine, Request, Selected, Timing
 from lsp_server.completion.prompt import FimTemplate, template_from_gguf
 from lsp_server.config import Settings, cache_dir, data_dir, resolve, saved_settings
 from lsp_server.documents import Document, PositionError, apply_change, offset_at, span_at, units
@@ -60,6 +61,10 @@ class TandemProtocol(LanguageServerProtocol):
         """The document as each pending inline-completion or assist request saw it, by request id."""
         self.cancels: dict[Any, threading.Event] = {}
         """The cancel event of each running assist command, by request id."""
+        self.received: dict[Any, float] = {}
+        """When each pending inline-completion request was read (perf_counter), by request id."""
+        self.timings: dict[Any, Timing] = {}
+        """The stage times of each pending inline-completion request, by request id."""
 
     def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
         # A request's handler task starts only after messages read with it are handled: a burst
@@ -91,10 +96,17 @@ class TandemProtocol(LanguageServerProtocol):
         self.cancels.pop(msg_id, None)
         self.snapshots.pop(msg_id, None)
         super()._send_handler_result(future, msg_id=msg_id)
+        received, timing = self.received.pop(msg_id, None), self.timings.pop(msg_id, None)
+        if received is not None and timing is not None:
+            timing.server = (time.perf_counter() - received) * 1000  # the answer is written by now
 
     def structure_message(self, data: dict[str, Any]) -> Any:
+        read = time.perf_counter()
         try:
-            return super().structure_message(data)
+            message = super().structure_message(data)
+            if data.get("method") == types.TEXT_DOCUMENT_INLINE_COMPLETION and "id" in data:
+                self.received[data["id"]] = read
+            return message
         except JsonRpcException as exc:
             if "id" not in data or "method" not in data:
                 raise
@@ -155,8 +167,10 @@ def make_local_backend(settings: Settings) -> LocalSide:
 def make_chat_backend(settings: Settings, completion: LocalSide) -> LocalSide:
     """The local side for explain / debug: `local.chatModelPath`, or the completion side when it names the same file."""
     chat = settings.chat_model_path
-    if chat is None or settings.local_endpoint or (
-        settings.model_path is not None and os.path.realpath(chat) == os.path.realpath(settings.model_path)
+    if (
+        chat is None
+        or settings.local_endpoint
+        or (settings.model_path is not None and os.path.realpath(chat) == os.path.realpath(settings.model_path))
     ):
         return completion  # one file, one load: two copies of a model exhaust VRAM
     return LocalBackend(settings, lambda: chat)
@@ -391,8 +405,9 @@ def create_server() -> TandemServer:
                 },
             )
 
+        timing = ls.protocol.timings[ls.protocol.msg_id] = Timing()
         try:
-            suggestion = await engine.complete(request, partial)
+            suggestion = await engine.complete(request, partial, timing)
         except BackendError as exc:
             ls.report_once(str(exc))
             return types.InlineCompletionList(items=[])

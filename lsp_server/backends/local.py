@@ -276,7 +276,12 @@ class LocalBackend:
         return heal(tokens, self._token_index())
 
     def _generate(
-        self, prompt: TextPrompt, cancel: threading.Event, report: Generation, push: Callable[[object], None]
+        self,
+        prompt: TextPrompt,
+        cancel: threading.Event,
+        report: Generation,
+        push: Callable[[object], None],
+        queued: float,
     ) -> None:
         import llama_cpp
 
@@ -293,6 +298,8 @@ class LocalBackend:
         try:
             held, evaluated = self._position(healing)
             ahead = len(held.tokens)
+            if ahead:  # the wait, if any, was for the last of these tokens, decoded ahead: model time
+                started = queued
             for token, logprob in self._greedy(held, healing.allowed):
                 if generated == 0:
                     report.first_token_s = time.perf_counter() - started
@@ -439,7 +446,8 @@ class LocalBackend:
         def push(item: object) -> None:
             loop.call_soon_threadsafe(chunks.put_nowait, item)
 
-        self._jobs.put(lambda: self._generate(prompt, cancel, report, push))
+        queued = time.perf_counter()
+        self._jobs.put(lambda: self._generate(prompt, cancel, report, push, queued))
         item: object = None
         try:
             while (item := await chunks.get()) is not _DONE:

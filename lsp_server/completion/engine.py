@@ -166,6 +166,8 @@ class Timing:
     debounce: float = 0.0
     model: float = 0.0
     """Time the model worker spent on this request's generation (queueing for it is not model time)."""
+    server: float = 0.0
+    """From reading the request to writing its answer, in the server (the LSP layer fills it in)."""
 
 
 _timing: contextvars.ContextVar[Timing] = contextvars.ContextVar("tandem_timing")
@@ -221,8 +223,10 @@ class Engine:
         self.last_timing = Timing()
         """Stage times of the request answered last (the benchmark's overhead accounting reads it)."""
 
-    async def complete(self, req: Request, on_partial: Callable[[str], None] = lambda text: None) -> Suggestion | None:
-        """The newest request of a document gets a suggestion; older ones get None."""
+    async def complete(
+        self, req: Request, on_partial: Callable[[str], None] = lambda text: None, timing: Timing | None = None
+    ) -> Suggestion | None:
+        """The newest request of a document gets a suggestion; older ones get None. `timing` gets its stage times."""
         started = time.perf_counter()
         self.counters.inlineRequests += 1
         slot = self._slots.setdefault(req.uri, _Slot())
@@ -235,7 +239,7 @@ class Engine:
         answer: asyncio.Future[Suggestion | None] = asyncio.get_running_loop().create_future()
         slot.running = _Running(req, answer)
         suggestion = None
-        timing = Timing()
+        timing = timing or Timing()
         _timing.set(timing)  # each request runs in its own task, so its own context
         try:
             suggestion = await self._complete(req, slot, ticket, on_partial, started)

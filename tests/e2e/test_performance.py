@@ -64,3 +64,4 @@ async def test_status_counts_model_tokens_and_stage_times(client: Client, editor
     assert counters["promptTokensEvaluated"] > 10 and counters["generatedTokens"] > 0
     assert timing["model"] > 0 and timing["debounce"] >= 100
     assert timing["total"] >= timing["debounce"] + timing["model"]
+    assert timing["server"] > timing["total"]  # read before the engine starts, written after it ends
