@@ -332,7 +332,8 @@ class LocalBackend:
         push(_DONE)
 
     def _prefill(self, prompt: TextPrompt, done: Callable[[int, int], None]) -> None:
-        """Evaluate the prompt, then decode ahead of the generation that may follow until other work arrives."""
+        """Evaluate the prompt, then decode its first line ahead of the generation that may follow, until other
+        work arrives."""
         import llama_cpp
 
         if not self._jobs.empty():  # a generation, or a newer prompt, is waiting: it matters more
@@ -347,7 +348,9 @@ class LocalBackend:
                 if n >= prompt.max_tokens or llama_cpp.llama_vocab_is_eog(vocab, token):
                     break
                 text.add(token)
-                if _first_stop(text.text, prompt.stop) is not None or not self._jobs.empty():
+                # Ahead of a request, only its first line: that is what the user waits for.
+                done_ahead = "\n" in text.text.lstrip("\n") or _first_stop(text.text, prompt.stop) is not None
+                if done_ahead or not self._jobs.empty():
                     break  # unevaluated: the generation chooses the same token again from the logits held
             decoded = len(held.tokens) - known
         except Exception:  # the C library's errors arrive as many types; the generation will report its own
@@ -424,8 +427,8 @@ class LocalBackend:
 
     def prefill(self, prompt: TextPrompt, done: Callable[[int, int], None]) -> None:
         """Evaluate a prompt while the engine waits out its debounce, when the worker has nothing else to do,
-        then decode ahead until other work arrives: the generation that may follow starts on a warm KV cache
-        with its first tokens chosen. `done` gets the prompt tokens evaluated and the tokens decoded."""
+        then decode its first line ahead until other work arrives: the generation that may follow starts on a
+        warm KV cache with its first tokens chosen. `done` gets the prompt tokens evaluated and the tokens decoded."""
         if self._llm is None or not self._jobs.empty():
             return
         loop = asyncio.get_running_loop()

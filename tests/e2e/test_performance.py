@@ -55,6 +55,24 @@ async def test_prompt_evaluated_and_decoded_ahead_is_what_generation_would_do() 
         fresh.close()
 
 
+async def test_decoding_ahead_of_a_block_stops_after_its_first_line() -> None:
+    backend = LocalBackend(Settings(), lambda: str(embedded_model_path(cache_dir())))
+    await backend.start()
+    try:
+        prompt = SOURCE + "    words = text.split()\n"
+        done: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        backend.prefill(TextPrompt(prompt, 48), lambda evaluated, decoded: done.put_nowait((evaluated, decoded)))
+        _, decoded = await asyncio.wait_for(done.get(), 120)  # ends by itself: nothing else was asked
+        report = Generation()
+        chunks = [chunk async for chunk in backend.stream(TextPrompt(prompt, 48), threading.Event(), report)]
+        assert "".join(chunks).strip().count("\n") >= 1  # a block of more than one line
+        assert 0 < decoded == report.ahead_tokens < report.usage.completion_tokens
+        ahead = "".join(chunks[:decoded])  # one chunk per token here (plain ASCII code)
+        assert ahead.strip() and "\n" not in ahead.lstrip("\n") and "\n" in chunks[decoded]  # the first line
+    finally:
+        backend.close()
+
+
 async def test_status_counts_model_tokens_and_stage_times(client: Client, editor: str) -> None:
     open_doc(client, SOURCE)
     items = await complete(client, end_position(SOURCE, editor), invoked=False)  # typed: debounced
