@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
-from lsp_server.backends.healing import Healing, Sampling, TokenIndex, heal, pieces_of
+from lsp_server.backends.healing import Constraint, Healing, Sampling, TokenIndex, heal, pieces_of
 from lsp_server.completion.prompt import FimTemplate, marker_problems, template_from_gguf
 from lsp_server.config import Settings
 from lsp_server.models import fit
@@ -38,9 +37,13 @@ class _Held:
 
     prompt: list[int]
     removed: str
-    """The text the first token had to start with (token healing); "" when it was free."""
+    """The text the first tokens had to write again (token healing); "" when they were free."""
     tokens: list[int]
     logprobs: list[float]
+    constrained: int = 0
+    """How many of the first `tokens` were chosen under the healing constraint."""
+    constraint: Constraint | None = None
+    """The healing constraint, advanced over `tokens`, while a generation goes on from them."""
 
 
 class _Text:
@@ -300,7 +303,7 @@ class LocalBackend:
             ahead = len(held.tokens)
             if ahead:  # the wait, if any, was for the last of these tokens, decoded ahead: model time
                 started = queued
-            for token, logprob in self._greedy(held, healing.allowed):
+            for token, logprob in self._greedy(held):
                 if generated == 0:
                     report.first_token_s = time.perf_counter() - started
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
@@ -344,7 +347,7 @@ class LocalBackend:
         try:
             held, evaluated = self._position(healing)
             known = len(held.tokens)
-            for n, (token, _) in enumerate(self._greedy(held, healing.allowed)):
+            for n, (token, _) in enumerate(self._greedy(held)):
                 if n >= prompt.max_tokens or llama_cpp.llama_vocab_is_eog(vocab, token):
                     break
                 text.add(token)
@@ -380,42 +383,50 @@ class LocalBackend:
         return held, max(0, len(tokens) - keep)
 
     def _reusable(self, healing: Healing, cached: list[int]) -> _Held:
-        """The part of the KV cache's greedy continuation that a generation after `healing` would choose again.
+        """The part of the KV cache's greedy continuation that a generation after `healing` would choose again;
+        the healing constraint is advanced over it.
 
         A greedy choice depends only on the tokens before it, so it stands when the user typed exactly what
-        the model chose, as long as the first reused token also meets this prompt's token healing; its
-        log-probability stays the one over the wider set it was chosen from (slightly lower, never higher)."""
+        the model chose, as long as it was chosen freely (or under this very constraint) and meets this
+        prompt's constraint; a masked token's log-probability stays the one over the set it was chosen from."""
         tokens = healing.tokens
-        fresh = _Held(tokens, healing.removed, [], [])
+        fresh = _Held(tokens, healing.removed, [], [], constraint=healing.allowed)
         old = self._held
         if old is None or old.prompt + old.tokens != cached or not len(old.prompt) <= len(tokens) < len(cached):
             return fresh
-        if cached[: len(tokens)] != tokens:
-            return fresh
-        chosen_under = old.removed if len(tokens) == len(old.prompt) else ""
-        first = self._token_index().pieces[cached[len(tokens)]]
-        if not healing.removed.startswith(chosen_under) or not first.startswith(healing.removed.encode()):
-            return fresh
         skip = len(tokens) - len(old.prompt)
-        return _Held(tokens, healing.removed, cached[len(tokens) :], old.logprobs[skip:])
+        if cached[: len(tokens)] != tokens or (skip < old.constrained and (skip or healing.removed != old.removed)):
+            return fresh
+        reused = cached[len(tokens) :]
+        constraint = None if healing.allowed is None else healing.allowed.anew()
+        constrained = 0
+        while constraint is not None and constrained < len(reused):
+            allowed = constraint.allowed(reused[constrained - 1] if constrained else None)
+            if allowed is None:
+                break
+            if reused[constrained] not in allowed:
+                return fresh
+            constrained += 1
+        return _Held(tokens, healing.removed, reused, old.logprobs[skip:], constrained, constraint)
 
-    def _greedy(self, held: _Held, allowed: npt.NDArray[np.intc] | None) -> Iterator[tuple[int, float]]:
+    def _greedy(self, held: _Held) -> Iterator[tuple[int, float]]:
         """The model's greedy tokens after the positioned prompt, each with its log-probability: first those the
         KV cache holds, then new ones. A token is evaluated only when the next one is asked for."""
         llm = self._llm
         yield from list(zip(held.tokens, held.logprobs, strict=True))
         import llama_cpp
 
-        sampling = Sampling(None if held.tokens else allowed)
+        sampling = Sampling(held.constraint)
         while True:
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),))
-            token = int(np.argmax(sampling(logits)))
+            token = int(np.argmax(sampling(logits, held.tokens[-1] if held.tokens else None)))
             yield token, sampling.logprobs[-1]
             self._logits_at = -1
             llm.eval([token])
             self._logits_at = llm.n_tokens
             held.tokens.append(token)
             held.logprobs.append(sampling.logprobs[-1])
+            held.constrained += sampling.masked and held.constrained == len(held.tokens) - 1
 
     def _forget(self) -> None:
         """After a failure in the C library: nothing held is trusted."""

@@ -7,6 +7,7 @@ import pytest
 from lsp_server.completion.postprocess import (
     cut_loop,
     cut_outer_closer,
+    cut_stutter,
     drop_repeated_following,
     drop_suffix_overlap,
     ends_in_loop,
@@ -225,6 +226,27 @@ def test_cut_loop(completion: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        pytest.param(
+            "esponse, User, UserSession, UserSessionSession, UserSessionSess",
+            "esponse,",
+            id="import-list-stutter-seen-on-gemma",
+        ),
+        pytest.param("del, Model, ModelType, ModelTypeType, ModelTypeTypeType", "del,", id="stutter-family-goes"),
+        pytest.param("Model, ModelType, ModelTypeType", "Model,", id="the-word-at-the-cursor-stays"),
+        pytest.param("a, b, bb\nnext", "a,", id="later-lines-go-too"),
+        pytest.param("Item, ItemList, ItemListResponse", "Item, ItemList, ItemListResponse", id="names-growing-apart"),
+        pytest.param("Foo, Bar, Baz", "Foo, Bar, Baz", id="plain-list"),
+        pytest.param("f(x, xx, xxx), y", "f(x, xx, xxx), y", id="inside-brackets"),
+        pytest.param("x = 1\nUser, UserUser", "x = 1\nUser, UserUser", id="first-line-only"),
+    ],
+)
+def test_cut_stutter(completion: str, expected: str) -> None:
+    assert cut_stutter(completion) == expected
+
+
+@pytest.mark.parametrize(
     ("completion", "line_prefix", "line_suffix", "following", "multiline", "expected"),
     [
         pytest.param("urn x", "    ret", "", "", False, "urn x", id="py-mid-word"),
@@ -244,6 +266,9 @@ def test_cut_loop(completion: str, expected: str) -> None:
         pytest.param(")", "print(x", ")", "", False, "", id="equals-suffix"),
         pytest.param("   \n\t\n", "    ", "", "", True, "", id="whitespace-only"),
         pytest.param("", "x = ", "", "", False, "", id="empty"),
+        pytest.param(
+            "del, Model, ModelType, ModelTypeType", "from x import BaseMo", "", "", False, "del,", id="py-stutter"
+        ),
         pytest.param(
             "const total = items.reduce((a, b) => a + b, 0);\n  return total;\n}\n",
             "  ",
