@@ -167,10 +167,8 @@ def make_local_backend(settings: Settings) -> LocalSide:
 def make_chat_backend(settings: Settings, completion: LocalSide) -> LocalSide:
     """The local side for explain / debug: `local.chatModelPath`, or the completion side when it names the same file."""
     chat = settings.chat_model_path
-    if (
-        chat is None
-        or settings.local_endpoint
-        or (settings.model_path is not None and os.path.realpath(chat) == os.path.realpath(settings.model_path))
+    if chat is None or settings.local_endpoint or (
+        settings.model_path is not None and os.path.realpath(chat) == os.path.realpath(settings.model_path)
     ):
         return completion  # one file, one load: two copies of a model exhaust VRAM
     return LocalBackend(settings, lambda: chat)

@@ -76,7 +76,7 @@ class Healing:
     """The prompt's tokens without the removed ones."""
     removed: str
     """The removed text: the model writes it again, and it is stripped from what is shown."""
-    allowed: Constraint | None
+    constraint: Constraint | None
     """What the first generated tokens may be; None when nothing was removed."""
 
 

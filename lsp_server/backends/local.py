@@ -390,7 +390,7 @@ class LocalBackend:
         the model chose, as long as it was chosen freely (or under this very constraint) and meets this
         prompt's constraint; a masked token's log-probability stays the one over the set it was chosen from."""
         tokens = healing.tokens
-        fresh = _Held(tokens, healing.removed, [], [], constraint=healing.allowed)
+        fresh = _Held(tokens, healing.removed, [], [], constraint=healing.constraint)
         old = self._held
         if old is None or old.prompt + old.tokens != cached or not len(old.prompt) <= len(tokens) < len(cached):
             return fresh
@@ -398,7 +398,7 @@ class LocalBackend:
         if cached[: len(tokens)] != tokens or (skip < old.constrained and (skip or healing.removed != old.removed)):
             return fresh
         reused = cached[len(tokens) :]
-        constraint = None if healing.allowed is None else healing.allowed.anew()
+        constraint = None if healing.constraint is None else healing.constraint.anew()
         constrained = 0
         while constraint is not None and constrained < len(reused):
             allowed = constraint.allowed(reused[constrained - 1] if constrained else None)

@@ -90,10 +90,10 @@ def test_heal(tokens: list[int], kept: list[int], removed: str, allowed: set[byt
     assert healing.tokens == kept
     assert healing.removed == removed
     if allowed is None:
-        assert healing.allowed is None
+        assert healing.constraint is None
     else:
-        assert healing.allowed is not None
-        assert {PIECES[i] for i in healing.allowed.allowed(None)} == allowed
+        assert healing.constraint is not None
+        assert {PIECES[i] for i in healing.constraint.allowed(None)} == allowed
 
 
 def test_first_token_is_masked_and_logprobs_are_those_of_the_greedy_token() -> None:
