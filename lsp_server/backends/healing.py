@@ -29,12 +29,12 @@ class TokenIndex:
         """Token id -> its text."""
 
     def starting_with(self, prefix: bytes) -> npt.NDArray[np.intc]:
-        """Ids of the tokens whose text starts with `prefix` (non-empty)."""
+        """Ids of the tokens whose text starts with `prefix` (non-empty); a view, not a copy."""
         lo = bisect.bisect_left(self._texts, prefix)
-        hi = lo
-        while hi < len(self._texts) and self._texts[hi].startswith(prefix):
-            # Galloping would be faster, but prefixes a cursor ends in have few extensions.
-            hi += 1
+        # The texts starting with `prefix` sort below the least text that is greater than all of them: the
+        # prefix without its trailing 0xff bytes, its last byte raised by one (a space has ~137k extensions).
+        stem = prefix.rstrip(b"\xff")
+        hi = len(self._texts) if not stem else bisect.bisect_left(self._texts, stem[:-1] + bytes([stem[-1] + 1]), lo)
         return self._ids[lo:hi]
 
 
@@ -64,8 +64,10 @@ class Constraint:
         if not self._left:
             return None
         # A token that covers the rest of the removed text and maybe more, or the next removed token as it was.
-        again = np.array(self._removed[:1], dtype=np.intc)
-        return np.union1d(self._index.starting_with(self._left), again).astype(np.intc)
+        covering = self._index.starting_with(self._left)
+        if not self._removed or self._index.pieces[self._removed[0]].startswith(self._left):
+            return covering
+        return np.append(covering, np.intc(self._removed[0]))
 
 
 @dataclass(frozen=True)
