@@ -55,6 +55,9 @@ class Pause:
     """Of the generated tokens, those decoded ahead while the user typed (the model otherwise idle)."""
     ahead_used: int = 0
     """Of the tokens decoded ahead, those a generation served."""
+    drafted: int = 0
+    """Tokens drafted by prompt lookup and checked by the model (not among the generated unless kept)."""
+    drafts_kept: int = 0
     timing: dict[str, float] = field(default_factory=dict)
     """The engine's stage times of the pause's answered request."""
     direct_first_ms: float = 0.0
@@ -117,6 +120,8 @@ async def replay(
         current.generated_tokens = after["generatedTokens"] - before["generatedTokens"]
         current.ahead_tokens = after["aheadTokens"] - before["aheadTokens"]
         current.ahead_used = after["aheadTokensUsed"] - before["aheadTokensUsed"]
+        current.drafted = after["draftedTokens"] - before["draftedTokens"]
+        current.drafts_kept = after["draftedTokensKept"] - before["draftedTokensKept"]
         pauses.append(current)
     status = await session.command("tandem.status")
     rss = peer.rss_bytes(session.pid)
@@ -236,6 +241,8 @@ def peer_rows(pauses: list[Pause], others: list[peer.PeerPause]) -> list[Row]:
     generated = statistics.mean(p.generated_tokens for p in pauses)
     ahead = statistics.mean(p.ahead_tokens for p in pauses)
     used = statistics.mean(p.ahead_used for p in pauses)
+    drafted = statistics.mean(p.drafted for p in pauses)
+    kept = statistics.mean(p.drafts_kept for p in pauses)
     peer_prompt = statistics.mean(o.prompt_n for o in others)
     peer_generated = statistics.mean(o.predicted_n for o in others)
     rows.append(
@@ -256,6 +263,7 @@ def peer_rows(pauses: list[Pause], others: list[peer.PeerPause]) -> list[Row]:
             "",
         )
     )
+    rows.append(("tokens drafted by prompt lookup / of those kept (mean)", f"{drafted:.0f} / {kept:.0f}", "", "", ""))
     return rows
 
 

@@ -41,6 +41,23 @@ class Generation:
     """Mean log-probability of the generated tokens; None when the backend does not report it."""
     ahead_tokens: int = 0
     """Completion tokens that were decoded ahead, while the user typed, rather than for this request."""
+    drafted: int = 0
+    """Tokens drafted by prompt lookup and checked by the model, kept or not."""
+    drafts_kept: int = 0
+    """Of the drafted tokens, those the model chose too (they are among the completion tokens)."""
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """What a backend did with a prompt ahead of its generation."""
+
+    evaluated: int
+    """Prompt tokens evaluated."""
+    decoded: int
+    """Tokens decoded ahead (drafts kept included)."""
+    drafted: int = 0
+    """Tokens drafted by prompt lookup and checked, kept or not."""
+    drafts_kept: int = 0
 
 
 class BackendError(Exception):
@@ -62,7 +79,6 @@ class CompletionBackend(Protocol):
 class Prefills(Protocol):
     """A backend that can evaluate a prompt ahead of generating from it (its KV cache is its own)."""
 
-    def prefill(self, prompt: TextPrompt, done: Callable[[int, int], None]) -> None:
-        """Evaluate `prompt` when idle and decode ahead; `done` gets the prompt tokens evaluated and the tokens
-        decoded, on the caller's loop."""
+    def prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
+        """Evaluate `prompt` when idle and decode ahead; `done` hears what was done, on the caller's loop."""
         ...

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
+from lsp_server.backends import Ahead, BackendError, Generation, TextPrompt, Usage
 from lsp_server.backends.healing import Constraint, Healing, Sampling, TokenIndex, heal, pieces_of
 from lsp_server.completion.prompt import FimTemplate, marker_problems, template_from_gguf
 from lsp_server.config import Settings
@@ -44,6 +44,12 @@ class _Held:
     """How many of the first `tokens` were chosen under the healing constraint."""
     constraint: Constraint | None = None
     """The healing constraint, advanced over `tokens`, while a generation goes on from them."""
+
+    def add(self, token: int, logprob: float, masked: bool) -> None:
+        """A token the KV cache now holds after the others."""
+        self.constrained += masked and self.constrained == len(self.tokens)
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
 
 
 class _Text:
@@ -156,7 +162,9 @@ class LocalBackend:
         self._llm: Any = None  # touched only by the worker thread
         self._index: TokenIndex | None = None  # likewise
         self._held: _Held | None = None  # likewise: what the KV cache holds past the last prompt
-        self._logits_at = -1  # likewise: the KV length the context's last logits belong to
+        self._logits: Any = None  # likewise: the logits after the KV cache's last token (a view into llama.cpp's)
+        self._logits_at = -1  # likewise: the KV length they belong to; -1 when there are none
+        self._drafts = [0, 0]  # likewise: tokens drafted by prompt lookup, and of those kept, since loading
         self._loaded: asyncio.Future[ModelInfo] | None = None
         self.loaded: ModelInfo | None = None
         """The model, once loaded."""
@@ -298,6 +306,7 @@ class LocalBackend:
         vocab = self._llm._model.vocab
         generated = ahead = evaluated = 0
         logprobs: list[float] = []
+        drafts = list(self._drafts)
         try:
             held, evaluated = self._position(healing)
             ahead = len(held.tokens)
@@ -329,12 +338,13 @@ class LocalBackend:
             push(BackendError(f"local generation failed: {exc}"))
         report.mean_logprob = sum(logprobs) / len(logprobs) if logprobs else None
         report.ahead_tokens = min(ahead, generated)
+        report.drafted, report.drafts_kept = (now - before for now, before in zip(self._drafts, drafts, strict=True))
         prompt_tokens = len(healing.tokens)
         report.usage = Usage(prompt_tokens, completion_tokens=generated, cached_tokens=prompt_tokens - evaluated)
         report.total_s = time.perf_counter() - started
         push(_DONE)
 
-    def _prefill(self, prompt: TextPrompt, done: Callable[[int, int], None]) -> None:
+    def _prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
         """Evaluate the prompt, then decode its first line ahead of the generation that may follow, until other
         work arrives."""
         import llama_cpp
@@ -344,6 +354,7 @@ class LocalBackend:
         healing = self._tokens(prompt)  # exactly what the generation will evaluate
         text = _Text(self._llm, healing)
         vocab = self._llm._model.vocab
+        drafts = list(self._drafts)
         try:
             held, evaluated = self._position(healing)
             known = len(held.tokens)
@@ -361,7 +372,8 @@ class LocalBackend:
             self._forget()
             return
         if evaluated or decoded:
-            done(evaluated, decoded)
+            drafted, kept = (now - before for now, before in zip(self._drafts, drafts, strict=True))
+            done(Ahead(evaluated, decoded, drafted, kept))
 
     def _position(self, healing: Healing) -> tuple[_Held, int]:
         """Make the KV cache hold the healed prompt and what of its greedy continuation this prompt would choose
@@ -379,7 +391,7 @@ class LocalBackend:
         self._logits_at = -1
         llm.n_tokens = keep
         llm.eval(sequence[keep:])
-        self._logits_at = llm.n_tokens
+        self._logits, self._logits_at = self._row(-1), llm.n_tokens
         return held, max(0, len(tokens) - keep)
 
     def _reusable(self, healing: Healing, cached: list[int]) -> _Held:
@@ -411,22 +423,53 @@ class LocalBackend:
 
     def _greedy(self, held: _Held) -> Iterator[tuple[int, float]]:
         """The model's greedy tokens after the positioned prompt, each with its log-probability: first those the
-        KV cache holds, then new ones. A token is evaluated only when the next one is asked for."""
-        llm = self._llm
+        KV cache holds, then new ones. Where the text repeats earlier text, the tokens that followed there are
+        drafted and checked in the same batch as the token chosen last (prompt lookup): the model keeps those it
+        would have chosen anyway, so the tokens are the same, in fewer steps. A token is evaluated only when the
+        next one is asked for."""
         yield from list(zip(held.tokens, held.logprobs, strict=True))
+        llm = self._llm
+        sampling = Sampling(held.constraint)
+
+        def choose(logits: Any) -> tuple[int, float, bool]:
+            token = int(np.argmax(sampling(logits, held.tokens[-1] if held.tokens else None)))
+            return token, sampling.logprobs[-1], sampling.masked
+
+        token, logprob, masked = choose(self._logits)
+        while True:
+            yield token, logprob
+            room = llm.n_ctx() - llm.n_tokens - 1
+            draft = draft_by_lookup(np.append(llm.input_ids[: llm.n_tokens], token))[: max(0, room)]
+            rows = self._decode([token, *draft])
+            accepted = []
+            for n, row in enumerate(rows):
+                held.add(token, logprob, masked)
+                token, logprob, masked = choose(row)
+                if n == len(draft) or token != draft[n]:
+                    break
+                accepted.append((token, logprob))
+            llm.n_tokens = len(held.prompt) + len(held.tokens)  # the drafts not chosen leave the KV cache
+            self._drafts[0] += len(draft)
+            self._drafts[1] += len(accepted)
+            self._logits, self._logits_at = row, llm.n_tokens
+            yield from accepted
+
+    def _decode(self, tokens: list[int]) -> list[Any]:
+        """Evaluate tokens after those the KV cache holds, in one batch; the logits after each."""
+        llm = self._llm
+        self._logits_at = -1
+        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+        llm._batch.set_batch(batch=tokens, n_past=llm.n_tokens, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[llm.n_tokens : llm.n_tokens + len(tokens)] = tokens
+        llm.n_tokens += len(tokens)
+        return [self._row(n) for n in range(len(tokens))]
+
+    def _row(self, n: int) -> Any:
+        """The logits of the last batch's `n`th token (-1: its last), a view valid until the next batch."""
         import llama_cpp
 
-        sampling = Sampling(held.constraint)
-        while True:
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),))
-            token = int(np.argmax(sampling(logits, held.tokens[-1] if held.tokens else None)))
-            yield token, sampling.logprobs[-1]
-            self._logits_at = -1
-            llm.eval([token])
-            self._logits_at = llm.n_tokens
-            held.tokens.append(token)
-            held.logprobs.append(sampling.logprobs[-1])
-            held.constrained += sampling.masked and held.constrained == len(held.tokens) - 1
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._llm.ctx, n), shape=(self._llm.n_vocab(),))
 
     def _forget(self) -> None:
         """After a failure in the C library: nothing held is trusted."""
@@ -436,16 +479,16 @@ class LocalBackend:
 
     # --- event loop side -------------------------------------------------
 
-    def prefill(self, prompt: TextPrompt, done: Callable[[int, int], None]) -> None:
+    def prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
         """Evaluate a prompt while the engine waits out its debounce, when the worker has nothing else to do,
         then decode its first line ahead until other work arrives: the generation that may follow starts on a
-        warm KV cache with its first tokens chosen. `done` gets the prompt tokens evaluated and the tokens decoded."""
+        warm KV cache with its first tokens chosen. `done` hears what was done, on the caller's loop."""
         if self._llm is None or not self._jobs.empty():
             return
         loop = asyncio.get_running_loop()
 
-        def report(evaluated: int, decoded: int) -> None:
-            loop.call_soon_threadsafe(done, evaluated, decoded)
+        def report(ahead: Ahead) -> None:
+            loop.call_soon_threadsafe(done, ahead)
 
         self._jobs.put(lambda: self._prefill(prompt, report))
 
@@ -473,6 +516,26 @@ class LocalBackend:
                 cancel.set()  # the consumer left early: the worker stops within one token
                 while item is not _DONE:  # wait for it, so `report` is complete for the ledger
                     item = await chunks.get()
+
+
+_DRAFTED = {3: 3, 2: 1, 1: 1}
+"""Prompt lookup: how many tokens to draft after an earlier match of the last 3, 2 or 1 tokens. On a CPU a batch
+of 2 tokens costs about what 1 does (a batch runs on all threads, one token on half) and a batch of 4 a token and
+a half, so one drafted token is nearly free and three are worth it where three tokens already match (measured on
+the benchmark's typing session: decoding 24 % faster, the same tokens)."""
+
+
+def draft_by_lookup(sequence: Any) -> list[int]:
+    """The tokens that followed the latest earlier occurrence of the sequence's last 3 tokens, else 2, else 1."""
+    for n, drafted in _DRAFTED.items():
+        if len(sequence) <= n:
+            continue
+        starts = np.flatnonzero(sequence[: len(sequence) - n] == sequence[-n])
+        for k in range(1, n):
+            starts = starts[sequence[starts + k] == sequence[k - n]]
+        if len(starts):
+            return [int(token) for token in sequence[starts[-1] + n : starts[-1] + n + drafted]]
+    return []
 
 
 def _common_prefix(a: Any, b: list[int]) -> int:

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
-from lsp_server.backends import BackendError, CompletionBackend, Generation, Prefills, TextPrompt
+from lsp_server.backends import Ahead, BackendError, CompletionBackend, Generation, Prefills, TextPrompt
 from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess, repeats_nearby
 from lsp_server.completion.prompt import FimTemplate, build_prompt
 from lsp_server.config import Settings
@@ -88,6 +88,10 @@ class Counters:
     """Tokens decoded ahead while the user typed (the model was idle), used or not."""
     aheadTokensUsed: int = 0
     """Tokens of generations that had been decoded ahead."""
+    draftedTokens: int = 0
+    """Tokens drafted by prompt lookup and checked by the model, kept or not (ahead or for a generation)."""
+    draftedTokensKept: int = 0
+    """Of the drafted tokens, those the model chose too (counted among the generated tokens)."""
 
 
 class AdaptiveDebounce:
@@ -302,10 +306,15 @@ class Engine:
     def _text_prompt(self, text: str, ctx: Context) -> TextPrompt:
         return TextPrompt(text, self._settings.max_tokens, () if ctx.multiline else ("\n",))
 
-    def _count_prefill(self, evaluated: int, decoded: int) -> None:
-        self.counters.promptTokensEvaluated += evaluated
-        self.counters.generatedTokens += decoded
-        self.counters.aheadTokens += decoded
+    def _count_prefill(self, ahead: Ahead) -> None:
+        self.counters.promptTokensEvaluated += ahead.evaluated
+        self.counters.generatedTokens += ahead.decoded
+        self.counters.aheadTokens += ahead.decoded
+        self._count_drafts(ahead.drafted, ahead.drafts_kept)
+
+    def _count_drafts(self, drafted: int, kept: int) -> None:
+        self.counters.draftedTokens += drafted
+        self.counters.draftedTokensKept += kept
 
     def _debounce(self, slot: _Slot) -> float:
         fixed = self._settings.debounce_ms
@@ -361,6 +370,7 @@ class Engine:
                 self.counters.promptTokensEvaluated += report.usage.prompt_tokens - report.usage.cached_tokens
                 self.counters.generatedTokens += report.usage.completion_tokens - report.ahead_tokens
                 self.counters.aheadTokensUsed += report.ahead_tokens
+                self._count_drafts(report.drafted, report.drafts_kept)
                 self._record(
                     Entry(
                         task="completion",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from lsp_server.backends import Generation, TextPrompt
+from lsp_server.backends import Ahead, Generation, TextPrompt
 from lsp_server.backends.local import LocalBackend, embedded_model_path
 from lsp_server.config import Settings, cache_dir
 from tests.conftest import Client
@@ -20,10 +20,10 @@ async def _line(backend: LocalBackend, text: str) -> tuple[str, Generation]:
     return out, report
 
 
-async def _ahead(backend: LocalBackend, text: str) -> tuple[int, int]:
-    done: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
-    backend.prefill(TextPrompt(text, 16, ("\n",)), lambda evaluated, decoded: done.put_nowait((evaluated, decoded)))
-    return await asyncio.wait_for(done.get(), 120)
+async def _ahead(backend: LocalBackend, prompt: TextPrompt) -> Ahead:
+    done: asyncio.Queue[Ahead] = asyncio.Queue()
+    backend.prefill(prompt, done.put_nowait)
+    return await asyncio.wait_for(done.get(), 120)  # ends by itself: nothing else was asked
 
 
 async def test_prompt_evaluated_and_decoded_ahead_is_what_generation_would_do() -> None:
@@ -32,13 +32,13 @@ async def test_prompt_evaluated_and_decoded_ahead_is_what_generation_would_do() 
     await asyncio.gather(ahead.start(), fresh.start())
     try:
         prompt = SOURCE + "    return len(text."
-        evaluated, decoded = await _ahead(ahead, prompt)
-        assert evaluated > 10 and decoded > 0  # the whole idle time went to the line after the prompt
+        done = await _ahead(ahead, TextPrompt(prompt, 16, ("\n",)))
+        assert done.evaluated > 10 and done.decoded > 0  # the whole idle time went to the line after the prompt
         line, report = await _line(ahead, prompt)
         expected, _ = await _line(fresh, prompt)
         assert line == expected and line
         assert report.usage.cached_tokens == report.usage.prompt_tokens  # nothing left to evaluate
-        assert report.ahead_tokens == decoded  # the decoded tokens were served, not decoded again
+        assert report.ahead_tokens == done.decoded  # the decoded tokens were served, not decoded again
         # The user types the first characters the model chose (inside a token, so token healing applies):
         # the next prompt finds them in the KV cache and its line is the rest of the same line.
         typed = prompt + line[:2]
@@ -60,9 +60,7 @@ async def test_decoding_ahead_of_a_block_stops_after_its_first_line() -> None:
     await backend.start()
     try:
         prompt = SOURCE + "    words = text.split()\n"
-        done: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
-        backend.prefill(TextPrompt(prompt, 48), lambda evaluated, decoded: done.put_nowait((evaluated, decoded)))
-        _, decoded = await asyncio.wait_for(done.get(), 120)  # ends by itself: nothing else was asked
+        decoded = (await _ahead(backend, TextPrompt(prompt, 48))).decoded
         report = Generation()
         chunks = [chunk async for chunk in backend.stream(TextPrompt(prompt, 48), threading.Event(), report)]
         assert "".join(chunks).strip().count("\n") >= 1  # a block of more than one line
@@ -71,6 +69,55 @@ async def test_decoding_ahead_of_a_block_stops_after_its_first_line() -> None:
         assert ahead.strip() and "\n" not in ahead.lstrip("\n") and "\n" in chunks[decoded]  # the first line
     finally:
         backend.close()
+
+
+REPEATING = (
+    SOURCE
+    + """    return len(text.split())
+
+
+UNITS = {
+    "b": 1,
+    "kb": 1024,
+    "mb": 1024 * 1024,
+    "gb": 1024 * 1024 * 1024,
+}
+
+
+def parse_size(text):
+    number, unit = text.split()
+    return int(number) * UNITS[unit.lower()]
+
+
+UNITS = {
+    "b": 1,
+"""
+)
+
+
+async def test_tokens_drafted_from_earlier_text_are_the_models_own_greedy_tokens() -> None:
+    """Prompt lookup: where the text repeats, tokens drafted from the earlier occurrence are checked in one batch
+    and kept only where the model chooses them too, so the text is llama-cpp-python's own one-token-at-a-time
+    greedy text (every choice here wins by more than 2 logits: no near-tie for batching to tip)."""
+    import llama_cpp
+
+    path = str(embedded_model_path(cache_dir()))
+    backend = LocalBackend(Settings(), lambda: path)
+    await backend.start()
+    try:
+        report = Generation()
+        chunks = [chunk async for chunk in backend.stream(TextPrompt(REPEATING, 24), threading.Event(), report)]
+    finally:
+        backend.close()
+    llm = llama_cpp.Llama(model_path=path, n_ctx=2048, verbose=False)
+    reference = []
+    for token in llm.generate(llm.tokenize(REPEATING.encode(), add_bos=True), temp=0.0, top_k=1, repeat_penalty=1.0):
+        if len(reference) == 24:
+            break
+        reference.append(token)
+    assert "".join(chunks) == llm.detokenize(reference).decode() and '"kb": 1024,' in "".join(chunks)
+    assert 0 < report.drafts_kept <= report.drafted  # drafted and kept: fewer steps than tokens
+    assert report.usage.completion_tokens == 24
 
 
 async def test_status_counts_model_tokens_and_stage_times(client: Client, editor: str) -> None:
