@@ -338,7 +338,7 @@ class LocalBackend:
             push(BackendError(f"local generation failed: {exc}"))
         report.mean_logprob = sum(logprobs) / len(logprobs) if logprobs else None
         report.ahead_tokens = min(ahead, generated)
-        report.drafted, report.drafts_kept = (now - before for now, before in zip(self._drafts, drafts, strict=True))
+        report.drafted, report.drafts_kept = self._drafts_since(drafts)
         prompt_tokens = len(healing.tokens)
         report.usage = Usage(prompt_tokens, completion_tokens=generated, cached_tokens=prompt_tokens - evaluated)
         report.total_s = time.perf_counter() - started
@@ -372,8 +372,11 @@ class LocalBackend:
             self._forget()
             return
         if evaluated or decoded:
-            drafted, kept = (now - before for now, before in zip(self._drafts, drafts, strict=True))
-            done(Ahead(evaluated, decoded, drafted, kept))
+            done(Ahead(evaluated, decoded, *self._drafts_since(drafts)))
+
+    def _drafts_since(self, before: list[int]) -> tuple[int, int]:
+        """Tokens drafted by prompt lookup, and of those kept, since `before` (a copy of `_drafts`)."""
+        return self._drafts[0] - before[0], self._drafts[1] - before[1]
 
     def _position(self, healing: Healing) -> tuple[_Held, int]:
         """Make the KV cache hold the healed prompt and what of its greedy continuation this prompt would choose
