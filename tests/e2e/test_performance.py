@@ -130,3 +130,12 @@ async def test_status_counts_model_tokens_and_stage_times(client: Client, editor
     assert timing["model"] > 0 and timing["debounce"] >= 100
     assert timing["total"] >= timing["debounce"] + timing["model"]
     assert timing["server"] > timing["total"]  # read before the engine starts, written after it ends
+
+
+async def test_status_counts_tokens_drafted_and_kept(client: Client, editor: str) -> None:
+    open_doc(client, REPEATING)
+    items = await complete(client, end_position(REPEATING, editor))
+    assert items and '"kb": 1024,' in str(items[0].insert_text)
+    counters = (await status(client))["counters"]
+    assert 0 < counters["draftedTokensKept"] <= counters["draftedTokens"]
+    assert counters["draftedTokensKept"] < counters["generatedTokens"]  # kept drafts are generated tokens
