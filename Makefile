@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 VOCAB := .cache/vocab/.done
 
-.PHONY: demo test serve bench lint clean
+.PHONY: demo test test-stress serve bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP) $(VOCAB)
 	$(BIN)/python -m pytest -q
 	cd editors/vscode && npm ci --no-audit --no-fund && npm test
+
+# The same suite with every core kept busy beside it: no test may depend on how fast the machine is.
+test-stress: $(STAMP) $(VOCAB)
+	bash scripts/under-load.sh $(MAKE) test
 
 serve: $(STAMP)
 	$(BIN)/tandem serve

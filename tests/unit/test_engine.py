@@ -11,6 +11,7 @@ import pytest
 from lsp_server.backends import Generation, TextPrompt, Usage
 from lsp_server.completion.engine import AdaptiveDebounce, Engine, Request, Selected
 from lsp_server.config import Settings
+from tests.conftest import until
 
 
 class ScriptedBackend:
@@ -22,6 +23,8 @@ class ScriptedBackend:
     def __init__(self, reply: str) -> None:
         self.reply = reply
         self.prompts: list[str] = []
+        self.sent = 0
+        """Chunks streamed so far, over all generations."""
 
     async def stream(
         self, prompt: TextPrompt, cancel: threading.Event, report: Generation
@@ -35,6 +38,7 @@ class ScriptedBackend:
                     return
                 await asyncio.sleep(0.01)
                 sent += 1
+                self.sent += 1
                 yield chunk + " "
         finally:
             report.usage = Usage(prompt_tokens=len(prompt.text) // 4 or 1, completion_tokens=sent)
@@ -81,9 +85,9 @@ async def test_identical_request_joins_the_running_generation() -> None:
 
 
 async def test_newer_request_supersedes_and_stops_the_older() -> None:
-    eng, _ = engine("a b c d e f g h i j k l m n o p")
+    eng, backend = engine(" ".join(f"w{i}" for i in range(1000)))  # streams for 10 s unless stopped
     old = asyncio.ensure_future(eng.complete(Request("u", "x = ", 4, invoked=True)))
-    await asyncio.sleep(0.035)
+    await until(lambda: backend.sent > 0)  # the older generation is certainly running
     new = await eng.complete(Request("u", "x = 1", 5, invoked=True))
     assert await old is None
     assert new is not None
