@@ -232,7 +232,7 @@ async def test_completion_is_answered_while_the_cloud_stalls_and_cancel_request_
     items = await complete_tiny(client)  # the local model answers while the cloud call hangs
     assert isinstance(items, list) and not pending.done()
     client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="explain-1"))
-    result = plain(await asyncio.wait_for(pending, 5))
+    result = plain(await asyncio.wait_for(pending, 30))
 
     assert result["outcome"] == "cancelled" and result["backend"] == "cloud"
     assert result["text"] == session.text_of("slow") != ""
@@ -253,7 +253,7 @@ async def test_progress_cancel_closes_the_cloud_stream(start: Any, proxy: FaultP
     await until(lambda: session.chunks)
     [token] = client.progress_reports
     client.protocol.notify(types.WINDOW_WORK_DONE_PROGRESS_CANCEL, types.WorkDoneProgressCancelParams(token=token))
-    result = await asyncio.wait_for(pending, 5)
+    result = await asyncio.wait_for(pending, 30)
 
     assert result["outcome"] == "cancelled" and result["text"]
     assert proxy.state.client_gone.wait(5)  # the HTTP stream was closed, not left to run

@@ -167,11 +167,14 @@ def test_five_megabyte_document_is_fast() -> None:
     assert len(text) > 5_000_000
     timings = []
     for cursor in (0, len(text) // 2, len(text)):
-        began = time.perf_counter()
-        prompt = build_prompt(text, cursor, QWEN, 1536)
-        timings.append(time.perf_counter() - began)
+        best = float("inf")
+        for _ in range(5):  # the fastest of five: a busy machine's preemptions are not the code's time
+            began = time.perf_counter()
+            prompt = build_prompt(text, cursor, QWEN, 1536)
+            best = min(best, time.perf_counter() - began)
+        timings.append(best)
         assert len(prompt.text) <= 1536 * 3.2 + 64
-    # Slicing only: well under a millisecond; 10 ms leaves headroom for a busy machine.
+    # Slicing only: well under a millisecond; a pass over the 5 MB (split into lines) takes far over 10 ms.
     assert max(timings) < 0.010
 
 
