@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -72,6 +73,22 @@ async def start_client(
     return client
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    data_dir: Path,
+    editor: str = "visual-studio-code",
+    options: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Client]:
+    """`start_client`, shut down cleanly when the block ends."""
+    client = await start_client(data_dir, editor, options, env)
+    try:
+        yield client
+    finally:
+        await client.shutdown_session()
+        await client.stop()
+
+
 @pytest.fixture(params=EDITORS)
 def editor(request: pytest.FixtureRequest) -> str:
     """Each end-to-end test runs with VS Code's and Neovim's capabilities."""
@@ -81,10 +98,8 @@ def editor(request: pytest.FixtureRequest) -> str:
 @pytest_asyncio.fixture
 async def client(editor: str, tmp_path: Path) -> AsyncIterator[Client]:
     """A real tandem server on the embedded default model, initialized as `editor`."""
-    client = await start_client(tmp_path, editor)
-    yield client
-    await client.shutdown_session()
-    await client.stop()
+    async with serving(tmp_path, editor) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

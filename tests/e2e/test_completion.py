@@ -13,7 +13,7 @@ from pygls.exceptions import JsonRpcRequestCancelled
 
 from lsp_server import documents
 from lsp_server.session import plain
-from tests.conftest import Client, start_client, until
+from tests.conftest import Client, serving, until
 
 SOURCE = '''import os
 
@@ -125,34 +125,26 @@ async def test_typed_ahead_after_non_ascii_text_is_served_from_cache(client: Cli
 async def test_burst_of_keystrokes_runs_at_most_two_generations(editor: str, tmp_path: Path) -> None:
     # A fixed debounce far above the typist's gaps: a loaded machine that delays one key by 100 ms must not
     # start a generation (the adaptive debounce's rule is table-tested in tests/unit/test_engine.py).
-    client = await start_client(tmp_path, editor, {"completion": {"debounceMs": 300}})
-    try:
-        await _burst(client, editor)
-    finally:
-        await client.shutdown_session()
-        await client.stop()
-
-
-async def _burst(client: Client, editor: str) -> None:
-    text = SOURCE
-    open_doc(client, text)
-    pending = []
-    word = "    words = text.split() "[:20]
-    for i, char in enumerate(word):
-        position = end_position(text, editor)
-        insert(client, i + 2, position, char)
-        text += char
-        request = client.text_document_inline_completion_async(inline_params(end_position(text, editor)))
-        pending.append(asyncio.ensure_future(request))  # sent now, as an editor does
-        await asyncio.sleep(0.03)  # a fast typist
-    results = await asyncio.gather(*pending)
-    assert len(results) == 20
-    assert all(isinstance(r, types.InlineCompletionList) for r in results)
-    assert all(not r.items for r in results[:-1])  # superseded requests are answered, empty
-    report = await status(client)
-    assert report["counters"]["inlineRequests"] == 20
-    assert report["counters"]["generations"] <= 2
-    assert report["counters"]["supersededRequests"] + report["counters"]["cancelledGenerations"] >= 18, report
+    async with serving(tmp_path, editor, {"completion": {"debounceMs": 300}}) as client:
+        text = SOURCE
+        open_doc(client, text)
+        pending = []
+        word = "    words = text.split() "[:20]
+        for i, char in enumerate(word):
+            position = end_position(text, editor)
+            insert(client, i + 2, position, char)
+            text += char
+            request = client.text_document_inline_completion_async(inline_params(end_position(text, editor)))
+            pending.append(asyncio.ensure_future(request))  # sent now, as an editor does
+            await asyncio.sleep(0.03)  # a fast typist
+        results = await asyncio.gather(*pending)
+        assert len(results) == 20
+        assert all(isinstance(r, types.InlineCompletionList) for r in results)
+        assert all(not r.items for r in results[:-1])  # superseded requests are answered, empty
+        report = await status(client)
+        assert report["counters"]["inlineRequests"] == 20
+        assert report["counters"]["generations"] <= 2
+        assert report["counters"]["supersededRequests"] + report["counters"]["cancelledGenerations"] >= 18, report
 
 
 # A list the model goes on writing line after line: its suggestion is a block of _MAX_LINES lines.
@@ -162,8 +154,7 @@ LONG_LIST = "# Powers of two, one per line.\nPOWERS = [\n    1,\n    2,\n    4,\
 async def test_cancel_request_stops_the_generation(editor: str, tmp_path: Path) -> None:
     # Cancelled by $/cancelRequest as soon as the first line has streamed: the generation is certainly
     # running then, whatever the machine's speed, with most of its lines still to write.
-    client = await start_client(tmp_path, editor, {"completion": {"maxTokens": 400, "multiline": "always"}})
-    try:
+    async with serving(tmp_path, editor, {"completion": {"maxTokens": 400, "multiline": "always"}}) as client:
         open_doc(client, LONG_LIST)
         position = end_position(LONG_LIST, editor)
         future = client.protocol.send_request(
@@ -184,14 +175,10 @@ async def test_cancel_request_stops_the_generation(editor: str, tmp_path: Path) 
         assert (cancelled["outcome"], finished["outcome"]) == ("cancelled", "ok")
         # Stopped early, every token it generated counted.
         assert 0 < cancelled["completion_tokens"] < finished["completion_tokens"]
-    finally:
-        await client.shutdown_session()
-        await client.stop()
 
 
 async def test_streams_first_line_before_the_answer(editor: str, tmp_path: Path) -> None:
-    client = await start_client(tmp_path, editor, {"completion": {"multiline": "always", "maxTokens": 80}})
-    try:
+    async with serving(tmp_path, editor, {"completion": {"multiline": "always", "maxTokens": 80}}) as client:
         text = "import os\n\n\ndef list_python_files(folder):\n"
         open_doc(client, text)
         items = await complete(client, end_position(text, editor))
@@ -203,9 +190,6 @@ async def test_streams_first_line_before_the_answer(editor: str, tmp_path: Path)
         assert first["uri"] == URI
         assert final.startswith(first["text"])
         assert len(first["text"]) < len(final)
-    finally:
-        await client.shutdown_session()
-        await client.stop()
 
 
 async def test_fim_model_from_gguf_metadata(tmp_path: Path) -> None:
@@ -213,8 +197,7 @@ async def test_fim_model_from_gguf_metadata(tmp_path: Path) -> None:
     from tests.tiny_gguf import write_tiny_fim_model
 
     model = write_tiny_fim_model(tmp_path / "tiny-fim.gguf")
-    client = await start_client(tmp_path, "neovim@v0.11.0", env={"TANDEM_MODEL": str(model)})
-    try:
+    async with serving(tmp_path, "neovim@v0.11.0", env={"TANDEM_MODEL": str(model)}) as client:
         text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
         open_doc(client, text)
         items = await complete(client, types.Position(line=1, character=11))  # after `return `
@@ -226,9 +209,6 @@ async def test_fim_model_from_gguf_metadata(tmp_path: Path) -> None:
         await client.workspace_execute_command_async(types.ExecuteCommandParams(command="tandem.usage"))
         rows = ledger_rows(tmp_path)
         assert rows and rows[-1]["prompt_tokens"] > 0  # prompt with suffix and markers went through
-    finally:
-        await client.shutdown_session()
-        await client.stop()
 
 
 async def test_changed_settings_apply_without_a_restart(client: Client, editor: str) -> None:

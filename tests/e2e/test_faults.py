@@ -13,7 +13,7 @@ import pytest
 from lsprotocol import types
 
 from lsp_server.session import plain
-from tests.conftest import Client, start_client
+from tests.conftest import Client, serving
 from tests.e2e.test_completion import SOURCE, URI, complete, end_position, inline_params, open_doc, status
 
 GGUF_HEADER = b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") * 2
@@ -49,8 +49,7 @@ def _bad_models(tmp_path: Path) -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize("case", range(4), ids=["missing", "not-gguf", "directory", "too-large"])
 async def test_bad_model_file_is_reported_and_server_keeps_serving(case: int, tmp_path: Path) -> None:
     _, path, expected = _bad_models(tmp_path)[case]
-    client = await start_client(tmp_path, options={"local": {"modelPath": path}})
-    try:
+    async with serving(tmp_path, options={"local": {"modelPath": path}}) as client:
         assert expected in await model_error(client)
         open_doc(client, SOURCE)
         items = await complete(client, end_position(SOURCE, "visual-studio-code"))
@@ -58,33 +57,22 @@ async def test_bad_model_file_is_reported_and_server_keeps_serving(case: int, tm
         shown = [m.message for m in client.messages]
         assert sum(expected in m for m in shown) == 1, shown  # said once, not per request
         assert (await status(client))["counters"]["inlineRequests"] == 1
-    finally:
-        await client.shutdown_session()
-        await client.stop()
 
 
 async def test_truncated_gguf_fails_to_load_with_a_message(tmp_path: Path) -> None:
     broken = tmp_path / "truncated.gguf"
     broken.write_bytes(GGUF_HEADER + b"\x00" * 64)
-    client = await start_client(tmp_path, env={"TANDEM_MODEL": str(broken)})
-    try:
+    async with serving(tmp_path, env={"TANDEM_MODEL": str(broken)}) as client:
         assert "failed to load" in await model_error(client)
-    finally:
-        await client.shutdown_session()
-        await client.stop()
 
 
 async def test_bad_setting_is_reported_once_and_defaulted(tmp_path: Path) -> None:
-    client = await start_client(tmp_path, options={"completion": {"debounceMs": "soon", "multiline": "sometimes"}})
-    try:
+    async with serving(tmp_path, options={"completion": {"debounceMs": "soon", "multiline": "sometimes"}}) as client:
         report = await status(client)
         assert report["settings"] == {"debounceMs": "auto", "multiline": "auto"}
         messages = [m.message for m in client.messages]
         assert any("completion.debounceMs" in m for m in messages)
         assert any("completion.multiline" in m for m in messages)
-    finally:
-        await client.shutdown_session()
-        await client.stop()
 
 
 async def test_unopened_and_closed_documents_get_an_error(client: Client, editor: str) -> None:
@@ -132,27 +120,19 @@ async def test_binary_content_and_control_characters(client: Client, editor: str
 async def test_flood_of_500_requests_in_a_second(editor: str, tmp_path: Path) -> None:
     # The debounce is set far above the gaps, so a loaded machine that stalls the sender cannot let a
     # generation start mid-flood; what is tested is that every request is answered and the server serves on.
-    client = await start_client(tmp_path, editor, {"completion": {"debounceMs": 1000}})
-    try:
-        await _flood(client, editor)
-    finally:
-        await client.shutdown_session()
-        await client.stop()
-
-
-async def _flood(client: Client, editor: str) -> None:
-    open_doc(client, SOURCE)
-    position = end_position(SOURCE, editor)
-    pending = []
-    for _ in range(500):
-        pending.append(asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(position))))
-        await asyncio.sleep(0.001)
-    results = await asyncio.wait_for(asyncio.gather(*pending), timeout=60)
-    assert len(results) == 500
-    report = await status(client)
-    assert report["counters"]["inlineRequests"] == 500
-    assert report["counters"]["generations"] <= 2
-    assert await complete(client, position)  # still serving
+    async with serving(tmp_path, editor, {"completion": {"debounceMs": 1000}}) as client:
+        open_doc(client, SOURCE)
+        position = end_position(SOURCE, editor)
+        pending = []
+        for _ in range(500):
+            pending.append(asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(position))))
+            await asyncio.sleep(0.001)
+        results = await asyncio.wait_for(asyncio.gather(*pending), timeout=60)
+        assert len(results) == 500
+        report = await status(client)
+        assert report["counters"]["inlineRequests"] == 500
+        assert report["counters"]["generations"] <= 2
+        assert await complete(client, position)  # still serving
 
 
 def test_raw_wire_faults_and_exit_codes(tmp_path: Path) -> None:
@@ -235,8 +215,7 @@ async def test_damaged_ledger_never_stops_completions(damage: str, tmp_path: Pat
         blocker = tmp_path / "a-file"
         blocker.write_text("a regular file where a directory should be")
         data = blocker / "data"
-    client = await start_client(data)
-    try:
+    async with serving(data) as client:
         open_doc(client, SOURCE)
         position = end_position(SOURCE, "visual-studio-code")
         assert await complete(client, position)
@@ -247,6 +226,3 @@ async def test_damaged_ledger_never_stops_completions(damage: str, tmp_path: Pat
         assert len(ledger_messages) == 1, [m.message for m in client.messages]
         if damage == "corrupt":
             assert list(data.glob("ledger.sqlite3.corrupt-*")), "the bad file is kept aside"
-    finally:
-        await client.shutdown_session()
-        await client.stop()
