@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from lsp_server.backends import BackendError, CompletionBackend, Generation, TextPrompt, Usage
 from lsp_server.backends.openai_compat import OpenAICompatBackend
+from lsp_server.context import CHARS_PER_TOKEN, enclosing_signatures, imports_above
 from lsp_server.ledger import Entry
 from lsp_server.privacy import AuditLog, Redaction, redact, restore
 from lsp_server.router import Router
@@ -21,7 +22,6 @@ CLOUD_CONTEXT_CHARS = 12000
 """Characters of code and context in one cloud prompt."""
 MAX_TOKENS = {"explain": 800, "debug": 1000, "refactor": 2048}
 """Most tokens generated for one reply, per task."""
-_CHARS_PER_TOKEN = 4
 _SELECTION_SHARE = 0.6
 """Of the context budget, the most the selection may take."""
 _LOCAL_STOP = ("\n### User", "\n### System")
@@ -66,18 +66,6 @@ _ALIASES = {
     "yaml": ("yaml", "yml"),
     "markdown": ("markdown", "md"),
 }
-_IMPORT = re.compile(
-    r"(?:import\s|from\s+[\w.]+\s+import\s|#\s*include\s|using\s+[\w.]+\s*;|use\s+[\w:]+"
-    r"|package\s+[\w.]+|require(?:_relative)?[\s(]|(?:const|let|var)\s+[\w{}\s,]+=\s*require\()"
-)
-_DEFINITION = re.compile(
-    r"\s*(?:(?:export|default|pub(?:\([^)]*\))?|public|private|protected|internal|static|async"
-    r"|abstract|final|override|open|unsafe|extern|inline|virtual)\s+)*"
-    r"(?:def|class|fn|func|function|impl|struct|enum|interface|trait|module|namespace|object)\b"
-    # C-family functions: `int main(int argc) {`, `std::string Foo::bar() const`
-    r"|\s*(?!(?:if|for|while|switch|catch|return|else)\b)[A-Za-z_][\w:<>,*&\[\] ]*[\s*&]\*?"
-    r"[A-Za-z_][\w:~]*\s*\([^;]*\)\s*(?:const\s*)?\{?\s*$"
-)
 _OPEN_FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*")
 
 
@@ -146,9 +134,8 @@ def build_messages(req: AssistRequest, max_context_chars: int = CLOUD_CONTEXT_CH
     before, window_start = _lines_before(text, req.start, max(0, left * 6 // 10))
     after = _lines_after(text, req.end, max(0, left * 2 // 10))
     left -= len(before) + len(after)
-    lines_above = text[:window_start].split("\n")[:-1] if window_start else []
-    signatures = _enclosing(lines_above, _indent_at(text, req.start))
-    imports = [line for line in lines_above[:300] if _IMPORT.match(line) and line not in signatures]
+    imports = imports_above(text, window_start)
+    signatures = enclosing_signatures(text, window_start, req.start)
 
     parts = [f"File: {req.path} (language: {req.language_id})"]
     for title, lines in (("Imports", imports), ("Enclosing definitions", signatures)):
@@ -241,7 +228,7 @@ async def run_assist(
     max_tokens = MAX_TOKENS.get(req.task, MAX_TOKENS["explain"])
     if req.task == "refactor":
         # The reply repeats the whole selection, rewritten.
-        max_tokens = min(4096, max(max_tokens, 2 * (req.end - req.start) // _CHARS_PER_TOKEN + 256))
+        max_tokens = min(4096, max(max_tokens, int(2 * (req.end - req.start) / CHARS_PER_TOKEN) + 256))
     if too_large := _too_large(req, CLOUD_CONTEXT_CHARS):
         return AssistResult(too_large, None, "none", "", None, Usage(), "error")
     shown = dataclasses.replace(req, path=_shown_path(req.path, router.root))
@@ -421,7 +408,7 @@ def _record(router: Router, task: str, reply: _Reply, outcome: str) -> None:
 
 
 def _tokens(messages: list[dict[str, str]]) -> int:
-    return sum(len(m["content"]) for m in messages) // _CHARS_PER_TOKEN + 4 * len(messages)
+    return int(sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN) + 4 * len(messages)
 
 
 def _shown_path(path: str, root: str | None) -> str:
@@ -465,31 +452,6 @@ def _lines_after(text: str, pos: int, budget: int) -> str:
             break
         end = following
     return text[pos:end]
-
-
-def _indent_at(text: str, pos: int) -> int:
-    """Indentation of the first non-blank line from `pos`'s line on."""
-    start = text.rfind("\n", 0, pos) + 1
-    for line in text[start : start + 4000].split("\n")[:50]:
-        if line.strip():
-            return len(line) - len(line.lstrip())
-    return 0
-
-
-def _enclosing(lines_above: list[str], indent: int) -> list[str]:
-    """Definition lines enclosing a line indented by `indent`, outermost first."""
-    found: list[str] = []
-    for line in reversed(lines_above):
-        if indent == 0:
-            break
-        if not line.strip():
-            continue
-        own = len(line) - len(line.lstrip())
-        if own < indent:
-            indent = own
-            if _DEFINITION.match(line):
-                found.append(line.rstrip())
-    return found[::-1]
 
 
 def _fit(lines: list[str], budget: int) -> list[str]:

@@ -86,7 +86,7 @@ def _bool(value: Any) -> bool:
 
 
 def _optional_path(value: Any) -> str | None:
-    if value is None or value == "":
+    if value == "":
         return None
     if not isinstance(value, str):
         raise ValueError("expected a file path")
@@ -94,7 +94,7 @@ def _optional_path(value: Any) -> str | None:
 
 
 def _gpu_layers(value: Any) -> int | None:
-    if value is None or value == "auto":
+    if value == "auto":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < -1:
         raise ValueError('expected "auto", -1 (all) or a number of layers')
@@ -102,7 +102,7 @@ def _gpu_layers(value: Any) -> int | None:
 
 
 def _debounce(value: Any) -> int | None:
-    if value is None or value == "auto":
+    if value == "auto":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5000:
         raise ValueError('expected "auto" or milliseconds between 0 and 5000')
@@ -115,12 +115,8 @@ def _multiline(value: Any) -> Multiline:
     return value  # type: ignore[no-any-return]
 
 
-def _optional_threads(value: Any) -> int | None:
-    return None if value is None else _positive_int(value)
-
-
 def _optional_str(value: Any) -> str | None:
-    if value is None or value == "":
+    if value == "":
         return None
     if not isinstance(value, str):
         raise ValueError("expected a string")
@@ -133,9 +129,7 @@ def _model(value: Any) -> str:
     return value
 
 
-def _optional_usd(value: Any) -> float | None:
-    if value is None:
-        return None
+def _usd(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError("expected a non-negative amount in USD")
     return float(value)
@@ -183,18 +177,18 @@ _WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "local.nGpuLayers": ("n_gpu_layers", _gpu_layers),
     "local.contextSize": ("context_size", _positive_int),
     "local.flashAttention": ("flash_attention", _bool),
-    "local.threads": ("threads", _optional_threads),
+    "local.threads": ("threads", _positive_int),
     "completion.debounceMs": ("debounce_ms", _debounce),
     "completion.multiline": ("multiline", _multiline),
     "completion.maxTokens": ("max_tokens", _positive_int),
     "completion.promptTokens": ("prompt_tokens", _positive_int),
     "completion.enabled": ("enabled", _bool),
     "local.endpoint": ("local_endpoint", _optional_str),
-    "local.energyUsdPerHour": ("energy_usd_per_hour", _optional_usd),
+    "local.energyUsdPerHour": ("energy_usd_per_hour", _usd),
     "cloud.model": ("cloud_model", _model),
     "cloud.baseUrl": ("cloud_base_url", _optional_str),
-    "cloud.dailyBudgetUsd": ("daily_budget_usd", _optional_usd),
-    "cloud.monthlyBudgetUsd": ("monthly_budget_usd", _optional_usd),
+    "cloud.dailyBudgetUsd": ("daily_budget_usd", _usd),
+    "cloud.monthlyBudgetUsd": ("monthly_budget_usd", _usd),
     "cloud.overBudget": ("over_budget", _over_budget),
     "cloud.prices": ("prices", _prices),
     "routes": ("routes", _routes),
@@ -212,6 +206,8 @@ def _flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and name not in _OBJECT_KEYS:
             flat.update(_flatten(value, f"{name}."))
+        elif name in _OBJECT_KEYS and value == []:
+            flat[name] = {}  # Neovim sends an empty Lua table as a JSON list
         else:
             flat[name] = value
     return flat
@@ -240,6 +236,8 @@ def _apply(flat: Mapping[str, Any], values: dict[str, Any], problems: list[str],
     for key, value in flat.items():
         if key not in _WIRE:
             continue  # keys of other features or newer clients are not errors
+        if value is None:
+            continue  # null (Neovim's vim.NIL) means not set, as the editor clients' empty values do
         name, coerce = _WIRE[key]
         try:
             coerced = coerce(value)

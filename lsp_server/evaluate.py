@@ -24,6 +24,7 @@ from typing import Any
 from lsprotocol import types
 
 from lsp_server.config import Settings
+from lsp_server.context import CHARS_PER_TOKEN
 
 PACKAGES = ("openai", "pygls", "httpx", "httpx2")
 """Default corpus: code no one here wrote; those not installed are skipped (openai pulls in httpx or httpx2)."""
@@ -269,7 +270,7 @@ async def ask_server(holes: list[Hole], model: str | None, log: Path, data_dir: 
 
 def raw_prompt(hole: Hole, settings: Settings) -> str:
     """The raw model's prompt: the prefix only, as many characters as the server's token budget, from a line start."""
-    budget = int(settings.prompt_tokens * 3.2)
+    budget = int(settings.prompt_tokens * CHARS_PER_TOKEN)
     start = max(0, hole.cursor - budget)
     if start:
         start = hole.text.find("\n", start, hole.cursor) + 1 or start

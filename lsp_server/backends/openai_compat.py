@@ -17,6 +17,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
+from lsp_server.context import CHARS_PER_TOKEN
 
 T = TypeVar("T")
 
@@ -25,7 +26,6 @@ _MAX_BACKOFF_S = 8.0
 _MAX_RETRY_AFTER_S = 20.0
 """A server asking for a longer wait gets an error now rather than an editor that hangs."""
 _POLL_S = 0.05
-_CHARS_PER_TOKEN = 4
 LINE_MAX_TOKENS = 48
 """Most tokens asked of a server for one line: a server may go on generating after the stream is closed."""
 _CANCELLED = object()
@@ -201,8 +201,8 @@ class OpenAICompatBackend:
             report.cancelled = cancel.is_set()
             if usage is None and billable:
                 usage = Usage(
-                    prompt_tokens=math.ceil(prompt_chars / _CHARS_PER_TOKEN),
-                    completion_tokens=math.ceil(sent / _CHARS_PER_TOKEN),
+                    prompt_tokens=math.ceil(prompt_chars / CHARS_PER_TOKEN),
+                    completion_tokens=math.ceil(sent / CHARS_PER_TOKEN),
                     estimated=True,
                 )
             report.usage = usage or Usage()

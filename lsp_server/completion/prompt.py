@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from lsp_server.context import CHARS_PER_TOKEN, definitions, enclosing_signatures, imports_above
 from lsp_server.models.cards import load_cards
 
 
@@ -139,19 +140,22 @@ def build_prompt(
     cursor: int,
     template: FimTemplate | None,
     budget_tokens: int,
-    chars_per_token: float = 3.2,
     others: Sequence[tuple[str, str]] = (),
 ) -> Prompt:
     """The prompt for `cursor` in `text`: about `budget_tokens` of context and document plus the markers.
 
     `others` are the other open documents as (uri, text): definitions from them may join the context.
     """
-    budget = int(budget_tokens * chars_per_token)
+    budget = int(budget_tokens * CHARS_PER_TOKEN)
     suffix = "" if template is None else _suffix_window(text, cursor, budget // 4)
     start = _prefix_start(text, cursor, budget - len(suffix))
-    if context_header(text, start, cursor, others, budget // 8):  # make room for it, at most an eighth
-        start = _prefix_start(text, cursor, budget - len(suffix) - budget // 8)
-    header = context_header(text, start, cursor, others, budget // 8)
+    header = ""
+    if start > 0 or others:
+        # Context may go before the window: make room for it, at most an eighth, if there is some.
+        reserved = _prefix_start(text, cursor, budget - len(suffix) - budget // 8)
+        header = context_header(text, reserved, cursor, others, budget // 8)
+        if header:
+            start = reserved
     prefix = header + text[start:cursor]
     if template is None:
         body = prefix
@@ -162,53 +166,7 @@ def build_prompt(
     return Prompt(body, start, cursor + len(suffix))
 
 
-_SCOPE = re.compile(r"[ \t]*(?:async[ \t]+def|def|class)[ \t]+(\w+)")
-_IMPORT = re.compile(r"(?:import|from)[ \t]+(?!__future__)\S")
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w{2,}")
-_SCAN_CHARS = 8_000
-"""How far above the window imports and enclosing definitions are looked for: bounded work per keystroke."""
-
-
-def _statements(text: str) -> list[tuple[int, list[str]]]:
-    """Top-down logical lines of `text` as (indentation, physical lines); brackets join lines."""
-    lines = text.split("\n")
-    out: list[tuple[int, list[str]]] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        i += 1
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        statement = [line]
-        depth = line.count("(") + line.count("[") - line.count(")") - line.count("]")
-        while depth > 0 and i < len(lines) and len(statement) < 12:
-            statement.append(lines[i])
-            depth += lines[i].count("(") + lines[i].count("[") - lines[i].count(")") - lines[i].count("]")
-            i += 1
-        out.append((len(line) - len(line.lstrip()), statement))
-    return out
-
-
-def imports_above(text: str, start: int) -> list[str]:
-    """The file's top-level import statements above `start`, from its first lines."""
-    head = text[: min(start, _SCAN_CHARS)]
-    if start < len(text) and start > len(head):
-        head = head[: head.rfind("\n") + 1]
-    return ["\n".join(s) for indent, s in _statements(head) if indent == 0 and _IMPORT.match(s[0])]
-
-
-def enclosing_signatures(text: str, start: int) -> list[str]:
-    """Signatures of the classes and functions still open at `start`, outermost first."""
-    scan_from = text.rfind("\n", 0, max(0, start - _SCAN_CHARS)) + 1
-    stack: list[tuple[int, str]] = []
-    for indent, statement in _statements(text[scan_from:start]):
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        if _SCOPE.match(statement[0]):
-            stack.append((indent, "\n".join(statement)))
-    first = next((line for line in text[start : start + 4000].split("\n") if line.strip()), "")
-    level = len(first) - len(first.lstrip())
-    return [signature for indent, signature in stack if indent < level]
 
 
 def definitions_in(others: Sequence[tuple[str, str]], names: set[str], budget: int) -> str:
@@ -216,9 +174,7 @@ def definitions_in(others: Sequence[tuple[str, str]], names: set[str], budget: i
     blocks = []
     used = 0
     for uri, text in others:
-        found = [
-            "\n".join(s) for _, s in _statements(text) if (m := _SCOPE.match(s[0])) is not None and m.group(1) in names
-        ]
+        found = [signature for name, signature in definitions(text) if name in names]
         if not found:
             continue
         block = f"# {uri.rsplit('/', 1)[-1]}:\n" + "".join(
@@ -231,9 +187,7 @@ def definitions_in(others: Sequence[tuple[str, str]], names: set[str], budget: i
     return "".join(blocks)
 
 
-def context_header(
-    text: str, start: int, cursor: int, others: Sequence[tuple[str, str]], budget: int
-) -> str:
+def context_header(text: str, start: int, cursor: int, others: Sequence[tuple[str, str]], budget: int) -> str:
     """What goes before the window: other files' definitions of names used near the cursor, the
     file's imports and the signatures enclosing the window. Depends on the window's start and on the
     lines before the cursor's line only, so it stays byte-identical while the user types on a line."""

@@ -13,6 +13,7 @@ import pytest
 from lsprotocol import types
 
 from lsp_server.backends.openai_compat import LINE_MAX_TOKENS
+from lsp_server.context import CHARS_PER_TOKEN
 from tests.conftest import REPO, Client, command, start_client, until
 from tests.e2e.test_completion import inline_params, insert, ledger_rows
 from tests.loopback import Fault, FaultProxy, llama_server, network_address
@@ -91,7 +92,7 @@ async def test_a_completion_from_the_fleet_is_capped_and_recorded(
         assert row["completion_tokens"] == proxy.state.usage["completion_tokens"] > 0
     else:  # llama_cpp.server itself sends no usage in a stream: tandem estimates it, and says so
         assert proxy.state.usage is None and row["estimated"]
-        assert row["prompt_tokens"] == math.ceil(len(LINE) / 4)
+        assert row["prompt_tokens"] == math.ceil(len(LINE) / CHARS_PER_TOKEN)
         assert row["completion_tokens"] > 0
 
 

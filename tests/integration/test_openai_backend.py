@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 
@@ -11,6 +12,7 @@ from loopback import Fault, FaultProxy, free_port
 
 from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
 from lsp_server.backends.openai_compat import OpenAICompatBackend
+from lsp_server.context import CHARS_PER_TOKEN
 
 KEY = "sk-test-4f9a2b7c1d8e6f3a5b0c9d2e7f1a4b8c"
 MESSAGES = [
@@ -70,9 +72,9 @@ async def test_a_stream_without_usage_is_estimated(proxy: FaultProxy) -> None:
     assert text.strip()
     assert proxy.state.usage is None
     assert report.usage.estimated
-    assert report.usage.completion_tokens == -(-len(text) // 4)
+    assert report.usage.completion_tokens == math.ceil(len(text) / CHARS_PER_TOKEN)
     prompt_chars = sum(len(m["content"]) for m in MESSAGES)
-    assert report.usage.prompt_tokens == -(-prompt_chars // 4)
+    assert report.usage.prompt_tokens == math.ceil(prompt_chars / CHARS_PER_TOKEN)
 
 
 @pytest.mark.parametrize(

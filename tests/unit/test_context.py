@@ -1,4 +1,4 @@
-"""Context for the prompt: imports, enclosing signatures, other files' definitions, stable while typing."""
+"""Context for prompts and assist: imports, enclosing signatures, other files' definitions, stable while typing."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ import itertools
 
 import pytest
 
-from lsp_server.completion.prompt import (
-    build_prompt,
-    context_header,
-    definitions_in,
-    enclosing_signatures,
-    imports_above,
-)
+from lsp_server import context
+from lsp_server.completion import prompt as prompt_module
+from lsp_server.completion.prompt import build_prompt, context_header, definitions_in
+from lsp_server.context import definitions, enclosing_signatures, imports_above
 
 FILE = (
     "import os\n"
@@ -51,6 +48,33 @@ def test_imports_above(start: int, expected: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '#include <stdio.h>\n#include "queue.h"\n\nint main(void) {\n',
+            ["#include <stdio.h>", '#include "queue.h"'],
+            id="c-include-is-no-comment",
+        ),
+        pytest.param(
+            "import fs from 'fs';\nconst path = require('path');\n\nfunction f() {\n",
+            ["import fs from 'fs';", "const path = require('path');"],
+            id="javascript",
+        ),
+        pytest.param('package main\n\nimport "fmt"\n\nfunc main() {\n', ["package main", 'import "fmt"'], id="go"),
+        pytest.param("use std::io;\n\nfn main() {\n", ["use std::io;"], id="rust"),
+        pytest.param(
+            '"""Reads\nfrom the start of a file."""\n# import this\nimport os\n\nx = 1\n',
+            ["import os"],
+            id="prose-and-comments-are-not-imports",
+        ),
+        pytest.param("x = 1\n" * 2000 + "import late\n\nx = 2\n", [], id="only-the-first-lines-are-read"),
+    ],
+)
+def test_imports_above_in_other_languages(text: str, expected: list[str]) -> None:
+    assert imports_above(text, len(text)) == expected
+
+
+@pytest.mark.parametrize(
     ("start", "expected"),
     [
         pytest.param(
@@ -65,6 +89,71 @@ def test_imports_above(start: int, expected: list[str]) -> None:
 )
 def test_enclosing_signatures(start: int, expected: list[str]) -> None:
     assert enclosing_signatures(FILE, start) == expected
+
+
+METHODS = "class A:\n    def f(self):\n        x = 1\n\n    def g(self):\n        pass\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "start", "at", "expected"),
+    [
+        pytest.param(
+            METHODS, METHODS.index("        x"), None, ["class A:", "    def f(self):"], id="the-window-start's-line"
+        ),
+        pytest.param(
+            METHODS, METHODS.index("        x"), METHODS.index("    def g"), ["class A:"], id="a-shallower-line-below"
+        ),
+        pytest.param(
+            "int main(int argc) {\n    for (;;) {\n        work(argc);\n",
+            -len("        work(argc);\n"),
+            None,
+            ["int main(int argc) {"],
+            id="c-function-not-its-loop",
+        ),
+        pytest.param(
+            "export class Store {\n  async load(path) {\n    return 1;\n",
+            -len("    return 1;\n"),
+            None,
+            ["export class Store {", "  async load(path) {"],
+            id="javascript-class-and-method",
+        ),
+        pytest.param("def f():\n# a note\n    x = 1\n", -len("    x = 1\n"), None, ["def f():"], id="margin-comment"),
+        pytest.param(
+            "class Far:\n" + "    x = 1\n" * 1000 + "    y = 2\n", -len("    y = 2\n"), None, [], id="too-far-above"
+        ),
+    ],
+)
+def test_enclosing_signatures_of_a_line(text: str, start: int, at: int | None, expected: list[str]) -> None:
+    assert enclosing_signatures(text, start % len(text), at) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "class Item:\n    def __init__(self, name):\n        raise ValueError(name)\n\n"
+            "async def load(\n    path,\n):\n    await fetch(path)\n",
+            [
+                ("Item", "class Item:"),
+                ("__init__", "    def __init__(self, name):"),
+                ("load", "async def load(\n    path,\n):"),
+            ],
+            id="python-not-the-calls",
+        ),
+        pytest.param(
+            "static int add(int a, int b) {\n    return add(a, b);\n}\n",
+            [("add", "static int add(int a, int b) {")],
+            id="c",
+        ),
+        pytest.param(
+            "pub fn run() {\n}\nstruct Queue {\n}\n",
+            [("run", "pub fn run() {"), ("Queue", "struct Queue {")],
+            id="rust",
+        ),
+    ],
+)
+def test_definitions(text: str, expected: list[tuple[str, str]]) -> None:
+    assert list(definitions(text)) == expected
 
 
 OTHER = (
@@ -121,3 +210,33 @@ def test_prompt_is_byte_stable_while_typing_on_a_line() -> None:
         for n in range(len(typed) + 1)
     ]
     assert all(after.startswith(before) for before, after in itertools.pairwise(prompts))
+
+
+def test_a_keystroke_does_not_parse_the_other_documents_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    statements = context._statements
+
+    def counting(text: str) -> list[tuple[int, list[str]]]:
+        parsed.append(text)
+        return statements(text)
+
+    monkeypatch.setattr(context, "_statements", counting)
+    definitions.cache_clear()
+    text = _long_file() + "    def last(self, items):\n        item = load('a')\n        "
+    for typed in ("", "i", "it"):
+        build_prompt(text + typed, len(text) + len(typed), None, budget_tokens=256, others=[OTHER])
+    assert parsed.count(OTHER[1]) == 1
+
+
+def test_the_header_is_built_once_per_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    header = prompt_module.context_header
+
+    def counting(text: str, start: int, *args: object) -> str:
+        calls.append(start)
+        return header(text, start, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(prompt_module, "context_header", counting)
+    text = _long_file()
+    prompt = build_prompt(text, len(text), None, budget_tokens=256, others=[OTHER])
+    assert calls == [prompt.prefix_start]
