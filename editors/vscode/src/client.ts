@@ -1,17 +1,19 @@
-// The language client: how the server is started, and the middleware that streams ghost text.
+// The language client: how the server is started, and what it forwards to the rest of the
+// extension (ghost text, assist chunks, code-action commands).
 import * as cp from "node:child_process";
 import * as readline from "node:readline";
-import * as vscode from "vscode";
+import type * as vscode from "vscode";
 import {
   type CloseHandlerResult,
   ErrorAction,
   LanguageClient,
   type LanguageClientOptions,
+  type Middleware,
   RevealOutputChannelOn,
   type ServerOptions,
 } from "vscode-languageclient/node";
 import { ASSIST_CHUNK, type AssistChunk, type Task, taskOf } from "./assist";
-import { GHOST_TEXT, type GhostStreams, type GhostTextParams, ghostKey } from "./ghost";
+import { GHOST_TEXT, type GhostTextParams } from "./ghost";
 import type { Exit } from "./restart";
 import { LineTail, type Level, levelOf } from "./serverLog";
 import { SECTION } from "./settings";
@@ -25,13 +27,12 @@ export interface ClientHooks {
   env: NodeJS.ProcessEnv;
   cwd: string | undefined;
   outputChannel: vscode.LogOutputChannel;
-  streams: GhostStreams;
   /** The server settings object (initializationOptions and workspace/configuration `tandem`). */
   settings(): Record<string, unknown>;
-  /** Whether inline completions are paused in this window. */
-  paused(): boolean;
-  /** An inline-completion request started (+1) or ended (-1). */
-  busy(delta: 1 | -1): void;
+  /** The inline-completion middleware (ghost text). */
+  provideInlineCompletionItems: NonNullable<Middleware["provideInlineCompletionItems"]>;
+  /** A `tandem/ghostText` notification. */
+  ghostText(params: GhostTextParams): void;
   /** A `tandem/assistChunk` notification. */
   assistChunk(params: AssistChunk): void;
   /** Run `tandem.explain` / `debug` / `refactor` chosen from a code action, with its arguments. */
@@ -77,8 +78,7 @@ export function createClient(hooks: ClientHooks): LanguageClient {
       closed: () => hooks.closed(),
     },
     middleware: {
-      provideInlineCompletionItems: (document, position, context, token, next) =>
-        provideStreaming(hooks, document, position, context, token, next),
+      provideInlineCompletionItems: hooks.provideInlineCompletionItems,
       executeCommand: (command, args, next) => {
         const task = taskOf(command);
         return task === undefined ? next(command, args) : hooks.assistCommand(task, args);
@@ -97,7 +97,7 @@ export function createClient(hooks: ClientHooks): LanguageClient {
     },
   };
   const client = new LanguageClient(CLIENT_ID, "tandem", serverOptions, clientOptions);
-  client.onNotification(GHOST_TEXT, (params: GhostTextParams) => hooks.streams.notify(params));
+  client.onNotification(GHOST_TEXT, (params: GhostTextParams) => hooks.ghostText(params));
   client.onNotification(ASSIST_CHUNK, (params: AssistChunk) => hooks.assistChunk(params));
   return client;
 }
@@ -109,69 +109,4 @@ function logLines(input: NodeJS.ReadableStream, channel: vscode.LogOutputChannel
     level = levelOf(line, level);
     channel[level](line);
   });
-}
-
-type Items = vscode.InlineCompletionItem[] | vscode.InlineCompletionList | null | undefined;
-
-/**
- * The inline-completion middleware: answer with the streamed partial text as soon as it comes
- * (see GhostStreams), and answer a repeated request at the same place while the first one
- * still streams from its newest partial text, without asking the server again.
- */
-export async function provideStreaming(
-  hooks: Pick<ClientHooks, "paused" | "busy" | "streams">,
-  document: vscode.TextDocument,
-  position: vscode.Position,
-  context: vscode.InlineCompletionContext,
-  token: vscode.CancellationToken,
-  next: (
-    document: vscode.TextDocument,
-    position: vscode.Position,
-    context: vscode.InlineCompletionContext,
-    token: vscode.CancellationToken,
-  ) => vscode.ProviderResult<vscode.InlineCompletionItem[] | vscode.InlineCompletionList>,
-): Promise<Items> {
-  if (hooks.paused()) {
-    return null;
-  }
-  const key = ghostKey(document.uri.toString(), document.version, position);
-  const streaming = hooks.streams.streaming(key);
-  if (streaming !== undefined) {
-    return partialItems(streaming, position, context);
-  }
-  const source = new vscode.CancellationTokenSource();
-  let detached = false;
-  const link = token.onCancellationRequested(() => {
-    if (!detached) {
-      source.cancel();
-    }
-  });
-  hooks.busy(1);
-  const pending = Promise.resolve(next(document, position, context, source.token)).finally(() => {
-    hooks.busy(-1);
-    link.dispose();
-    source.dispose();
-  });
-  const outcome = await hooks.streams.request<Items>(key, pending, hasItems, () => {
-    detached = true;
-  });
-  return outcome.kind === "final" ? outcome.result : partialItems(outcome.text, position, context);
-}
-
-function hasItems(result: Items): boolean {
-  const items = Array.isArray(result) ? result : result?.items;
-  return (items?.length ?? 0) > 0;
-}
-
-/** Partial ghost text as an item; with a selected completion-list item, it must extend that item. */
-function partialItems(
-  text: string,
-  position: vscode.Position,
-  context: vscode.InlineCompletionContext,
-): vscode.InlineCompletionItem[] {
-  const selected = context.selectedCompletionInfo;
-  if (selected !== undefined) {
-    return [new vscode.InlineCompletionItem(selected.text + text, selected.range)];
-  }
-  return [new vscode.InlineCompletionItem(text, new vscode.Range(position, position))];
 }

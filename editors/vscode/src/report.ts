@@ -32,7 +32,10 @@ export interface UsageReport {
 export interface ServerStatus {
   model?: { state?: string; name?: string; file?: string; error?: string; gpuOffload?: unknown; fim?: string | null };
   counters?: Record<string, number>;
+  /** Time to answer, typed-ahead hits (answered without the model, in about 0 ms) included. */
   latencyMs?: { p50?: number; p95?: number };
+  /** Where the last suggestion's time went, in ms; `model` is 0 for a typed-ahead hit. */
+  lastTiming?: { total?: number; model?: number };
   backends?: { cloud?: { configured?: boolean; healthy?: boolean | null; lastError?: string | null; model?: string } };
 }
 
@@ -50,6 +53,8 @@ export interface StatusBarContent {
   text: string;
   /** Markdown. */
   tooltip: string;
+  /** Plain text for screen readers: no Markdown, no icons. */
+  label: string;
   command: string;
   error: boolean;
 }
@@ -97,15 +102,17 @@ export function route(status: ServerStatus | undefined): string {
   return cloud.healthy === false ? "local (cloud down)" : "local+cloud";
 }
 
-/** The status bar item: text, Markdown tooltip, click command, and whether it shows an error. */
+/** The status bar item: text, Markdown tooltip, plain label, click command, and whether it shows an error. */
 export function statusBar(view: View): StatusBarContent {
   const state = view.status?.model?.state;
   const problem =
     view.problem ?? (state === "error" ? `model: ${view.status?.model?.error ?? "failed to load"}` : undefined);
   if (view.phase === "failed" || problem !== undefined) {
+    const why = problem ?? "the server is not running";
     return {
       text: "$(error) tandem",
-      tooltip: `**tandem: ${escape(problem ?? "the server is not running")}**\n\nClick to open the log.`,
+      tooltip: `**tandem: ${escape(why)}**\n\nClick to open the log.`,
+      label: `tandem, error: ${why}. Opens the log.`,
       command: "tandem.showLog",
       error: true,
     };
@@ -114,6 +121,7 @@ export function statusBar(view: View): StatusBarContent {
     return {
       text: "$(debug-stop) tandem",
       tooltip: "tandem: the server is stopped.",
+      label: "tandem: the server is stopped.",
       command: "tandem.menu",
       error: false,
     };
@@ -122,20 +130,33 @@ export function statusBar(view: View): StatusBarContent {
     return {
       text: "$(loading~spin) tandem",
       tooltip: "tandem: starting the server…",
+      label: "tandem: starting the server.",
       command: "tandem.showLog",
       error: false,
     };
   }
   const icon = view.busy ? "$(sync~spin)" : view.paused ? "$(circle-slash)" : "$(sparkle)";
   const today = periodTotals(view.usage?.periods?.today);
-  const parts =
-    state === "ready"
-      ? [modelName(view.status), route(view.status), `${compact(today.tokens)} tok`, usd(today.cloudUsd)]
-      : [state === "loading" ? "loading model…" : (state ?? "starting")];
+  const ready = state === "ready";
+  const model = ready ? modelName(view.status) : state === "loading" ? "loading model…" : (state ?? "starting");
+  const parts = ready ? [model, route(view.status), `${compact(today.tokens)} tok`, usd(today.cloudUsd)] : [model];
+  const spoken = ready
+    ? [model, route(view.status), `${compact(today.tokens)} tokens today`, `cloud ${usd(today.cloudUsd)} today`]
+    : [model];
   if (view.paused) {
     parts.push("paused");
+    spoken.push("paused");
   }
-  return { text: `${icon} ${parts.join(" · ")}`, tooltip: tooltip(view), command: "tandem.menu", error: false };
+  if (view.busy) {
+    spoken.push("working");
+  }
+  return {
+    text: `${icon} ${parts.join(" · ")}`,
+    tooltip: tooltip(view),
+    label: `tandem: ${spoken.join(", ")}`,
+    command: "tandem.menu",
+    error: false,
+  };
 }
 
 function tooltip(view: View): string {
@@ -158,9 +179,20 @@ function tooltip(view: View): string {
       : "Cloud: not configured (tandem: Set OpenAI API Key)",
     `Today: ${compact(today.tokens)} tokens, cloud ${usd(today.cloudUsd)}; this month: cloud ${usd(month.cloudUsd)}`,
   );
+  // the server's percentiles count typed-ahead hits (about 0 ms, no model) with generations:
+  // say so, and give the model's own time only from a suggestion it wrote
   const latency = status?.latencyMs;
   if (latency?.p50 !== undefined) {
-    lines.push(`Completion latency: p50 ${latency.p50} ms, p95 ${latency.p95 ?? "?"} ms`);
+    const hits = status?.counters?.cacheHits;
+    lines.push(
+      `Time to answer, typed-ahead hits included${hits ? ` (${hits} so far)` : ""}: p50 ${latency.p50} ms, p95 ${latency.p95 ?? "?"} ms`,
+    );
+  }
+  const last = status?.lastTiming;
+  if (last?.model) {
+    lines.push(
+      `Last suggestion the model wrote: ${Math.round(last.model)} ms in the model, ${Math.round(last.total ?? 0)} ms from request to answer`,
+    );
   }
   lines.push("", "Click for the tandem menu.");
   return lines.join("  \n");

@@ -59,3 +59,88 @@ export function serverCommand(value: unknown): { command: string[] } | { problem
 export function serverEnv(base: NodeJS.ProcessEnv, apiKey: string | undefined): NodeJS.ProcessEnv {
   return apiKey ? { ...base, OPENAI_API_KEY: apiKey } : { ...base };
 }
+
+/** The server command's setting, relative to SECTION. */
+export const COMMAND_KEY = "server.command";
+
+/** Where VS Code has a setting, as `WorkspaceConfiguration.inspect` reports it. */
+export interface Inspected {
+  defaultValue?: unknown;
+  globalValue?: unknown;
+  workspaceValue?: unknown;
+  workspaceFolderValue?: unknown;
+}
+
+/** A setting's value and where it came from. */
+export interface Configured {
+  value: unknown;
+  source: "folder" | "workspace" | "user" | "default";
+}
+
+/**
+ * The value VS Code honours in this window: the folder's, the workspace's, the user's (in a
+ * remote window, the remote's user settings), else the default. In a remote window VS Code
+ * drops User values of `machine-overridable` settings such as `tandem.server.command`.
+ */
+export function configured(inspected: Inspected | undefined): Configured {
+  if (inspected?.workspaceFolderValue !== undefined) {
+    return { value: inspected.workspaceFolderValue, source: "folder" };
+  }
+  if (inspected?.workspaceValue !== undefined) {
+    return { value: inspected.workspaceValue, source: "workspace" };
+  }
+  if (inspected?.globalValue !== undefined) {
+    return { value: inspected.globalValue, source: "user" };
+  }
+  return { value: inspected?.defaultValue, source: "default" };
+}
+
+/** The command to start, and a warning when it is not the configured one; or why none can start. */
+export type CommandChoice = { command: string[]; warning?: string } | { problem: string; missing: boolean };
+
+/** Whether two commands are the same. */
+export function sameCommand(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
+  return a !== undefined && b !== undefined && a.length === b.length && a.every((part, i) => part === b[i]);
+}
+
+/**
+ * The command that starts the server: the configured one when it is valid and its executable
+ * exists; else the last command that started the server (`lastWorking`), with a warning, so that
+ * a typo or a value VS Code stopped honouring never leaves the user without a server; else why
+ * nothing can start (`missing`: the executable was not found).
+ */
+export function chooseCommand(
+  setting: Configured,
+  lastWorking: readonly string[] | undefined,
+  exists: (command: readonly string[]) => boolean,
+  remote: boolean,
+): CommandChoice {
+  const parsed = serverCommand(setting.value);
+  let problem: string;
+  if ("problem" in parsed) {
+    problem = parsed.problem;
+  } else if (exists(parsed.command)) {
+    return { command: parsed.command };
+  } else {
+    problem = `cannot find the server executable "${parsed.command[0]}"`;
+    if (remote && setting.source === "default") {
+      problem +=
+        " (in a remote window VS Code reads tandem.server.command from the Remote or Workspace settings, not from User settings)";
+    }
+  }
+  if (lastWorking !== undefined && exists(lastWorking)) {
+    return {
+      command: [...lastWorking],
+      warning: `${problem}; using the last command that worked: ${lastWorking.join(" ")}`,
+    };
+  }
+  if ("problem" in parsed) {
+    return { problem, missing: false };
+  }
+  return {
+    problem:
+      `${problem}. Install tandem (pip install -e '.[default-model]' in a checkout, or make demo) and point the ` +
+      `setting tandem.server.command at it.`,
+    missing: true,
+  };
+}

@@ -2,7 +2,7 @@ import "./stub/register";
 import * as assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type * as vscode from "vscode";
-import { provideStreaming } from "../src/client";
+import { provideStreaming } from "../src/ghostText";
 import { GhostStreams, type GhostTextParams, ghostKey } from "../src/ghost";
 import { CancellationTokenSource, InlineCompletionItem, Position, Range, TextDocument, Uri } from "./stub/vscode";
 

@@ -113,6 +113,43 @@ describe("status bar", () => {
     assert.ok(tooltip.includes("p50 410.5 ms, p95 900 ms"));
   });
 
+  it("gives screen readers a plain label: no Markdown, no icons", () => {
+    const views: Partial<View>[] = [
+      {},
+      { busy: true, paused: true },
+      { status: { model: { state: "loading" } } },
+      { phase: "starting", status: undefined },
+      { phase: "stopped" },
+      { phase: "failed", problem: "cannot find the server executable" },
+      { status: { model: { state: "error", error: "not a GGUF file: x_y.bin" } } },
+    ];
+    for (const change of views) {
+      const { label } = statusBar(view(change));
+      assert.match(label, /^tandem[:,] \S/);
+      assert.doesNotMatch(label, /[*`\\]|\$\(/, label);
+    }
+    assert.equal(
+      statusBar(view({ busy: true, paused: true })).label,
+      "tandem: gemma-3-270m-it-Q4_K_M, local, 8k tokens today, cloud $0.01 today, paused, working",
+    );
+    assert.equal(
+      statusBar(view({ phase: "failed", problem: "cannot find the server executable" })).label,
+      "tandem, error: cannot find the server executable. Opens the log.",
+    );
+  });
+
+  it("does not pass typed-ahead hits off as model latency", () => {
+    const hits = { ...READY, counters: { cacheHits: 12 }, latencyMs: { p50: 0, p95: 480 } };
+    const { tooltip } = statusBar(view({ status: { ...hits, lastTiming: { total: 0.4, model: 0 } } }));
+    assert.ok(tooltip.includes("Time to answer, typed-ahead hits included (12 so far): p50 0 ms, p95 480 ms"), tooltip);
+    assert.doesNotMatch(tooltip, /model wrote/, "the last answer was a typed-ahead hit: no model time to show");
+    const generated = statusBar(view({ status: { ...hits, lastTiming: { total: 612.8, model: 401.2 } } }));
+    assert.ok(
+      generated.tooltip.includes("Last suggestion the model wrote: 401 ms in the model, 613 ms from request to answer"),
+      generated.tooltip,
+    );
+  });
+
   it("formats numbers", () => {
     assert.deepEqual([0, 950, 1234, 12_345, 999_999, 1_250_000].map(compact), [
       "0",

@@ -11,6 +11,7 @@ import { after, before, describe, it } from "node:test";
 import { type ExtensionContext } from "vscode";
 import type { AssistResult } from "../src/assist";
 import { type Tandem, activate, deactivate } from "../src/extension";
+import { LAST_WORKING_COMMAND } from "../src/lifecycle";
 import type { ServerStatus, UsageReport } from "../src/report";
 import { serverKeys, serverSettings } from "../src/settings";
 import { ScriptedCloud } from "./cloud";
@@ -29,6 +30,8 @@ const HELPERS =
   "import os\n\n\ndef file_size(path):\n    return os.path.getsize(path)\n\n\ndef average(values):\n    return sum(values) / len(values)\n";
 const HELPERS_URI = "file:///work/helpers.py";
 const KEY = "sk-test-not-a-real-key";
+const COMMAND = [PYTHON, "-m", "lsp_server", "serve"];
+const LOGGING_COMMAND = [PYTHON, "-m", "lsp_server", "--log-level", "INFO", "serve"];
 
 interface Item {
   insertText: string;
@@ -61,8 +64,15 @@ function until<T>(what: string, probe: () => T | undefined | Promise<T | undefin
 }
 
 function context(): ExtensionContext {
+  const state = new Map<string, unknown>();
   return {
     subscriptions: [],
+    globalState: {
+      get: (key: string, fallback?: unknown) => (state.has(key) ? state.get(key) : fallback),
+      update: (key: string, value: unknown) => Promise.resolve(void state.set(key, value)),
+      keys: () => [...state.keys()],
+      setKeysForSync: () => undefined,
+    },
     extensionUri: Uri.file(EXTENSION),
     extensionPath: EXTENSION,
     extension: { packageJSON: PACKAGE },
@@ -98,13 +108,13 @@ async function provide(tandem: Tandem, document: unknown, position: Position): P
   const provider = harness.provider("InlineCompletionItemProvider");
   const token = new CancellationTokenSource().token;
   const context = { triggerKind: InlineCompletionTriggerKind.Invoke, selectedCompletionInfo: undefined };
-  assert.ok(tandem.client?.isRunning());
+  assert.ok(tandem.server.client?.isRunning());
   return itemsOf(await provider.provideInlineCompletionItems(document, position, context, token));
 }
 
 async function ready(tandem: Tandem): Promise<ServerStatus> {
   return until("the model to load", async () => {
-    const status = await tandem.status().catch(() => undefined);
+    const status = await tandem.status.serverStatus().catch(() => undefined);
     return status?.model?.state === "ready" ? status : undefined;
   });
 }
@@ -130,7 +140,7 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
       harness.configuration.set(`default:${name}`, schema.default);
     }
     // what a user writes in settings.json
-    harness.configuration.set("tandem.server.command", [PYTHON, "-m", "lsp_server", "serve"]);
+    harness.configuration.set("tandem.server.command", COMMAND);
     harness.configuration.set("tandem.completion.multiline", "always");
     harness.configuration.set("tandem.completion.maxTokens", 80);
     harness.configuration.set("tandem.cloud.baseUrl", cloud.url);
@@ -145,7 +155,7 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
   });
 
   it("initializes: inline completion advertised, utf-16 positions, the user's settings sent", async () => {
-    const client = tandem.client;
+    const client = tandem.server.client;
     assert.ok(client?.isRunning(), harness.output("tandem").text);
     const capabilities = client?.initializeResult?.capabilities;
     assert.ok(capabilities?.inlineCompletionProvider);
@@ -169,11 +179,11 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
     assert.ok(partial[0].insertText.trim(), "the first line of ghost text");
     assert.equal(partial[0].command, undefined, "a partial item: the response has not come yet");
     // the response follows: the extension asks VS Code to query again
-    await until("the response", () => (tandem.streams.size === 0 ? true : undefined));
+    await until("the response", () => (tandem.ghost.streams.size === 0 ? true : undefined));
     assert.ok(harness.executed.some((call) => call.command === "editor.action.inlineSuggest.trigger"));
-    const before = await tandem.status();
+    const before = await tandem.status.serverStatus();
     const full = await provide(tandem, document, cursor);
-    const after = await tandem.status();
+    const after = await tandem.status.serverStatus();
     assert.equal(full.length, 1);
     assert.deepEqual([full[0].range.start, full[0].range.end], [cursor, cursor]);
     assert.ok(full[0].insertText.startsWith(partial[0].insertText), `${full[0].insertText} / ${partial[0].insertText}`);
@@ -184,7 +194,7 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
   });
 
   it("draws the status bar from tandem.status and tandem.usage", async () => {
-    const usage = (await tandem.usage()) as UsageReport;
+    const usage = (await tandem.status.usage()) as UsageReport;
     const today = usage.periods?.today;
     assert.ok(today && today.promptTokens > 0, JSON.stringify(usage));
     assert.ok(usage.totals.some((row) => row.kind === "completion" && row.backend === "local"));
@@ -193,15 +203,18 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
         assert.ok(field in row, `usage rows have ${field}`);
       }
     }
-    await tandem.refresh();
-    const status = await tandem.status();
+    await tandem.status.refresh();
+    const status = await tandem.status.serverStatus();
     assert.ok(status?.model?.name);
     assert.equal(typeof status?.backends?.cloud?.configured, "boolean");
-    const item = tandem.statusBarItem;
+    const item = tandem.status.item;
     assert.match(item.text, /^\$\(sparkle\) \S/);
     assert.ok(item.text.includes(" · local · "), item.text);
     assert.match(item.text, / · \d+(\.\d)?k? tok · \$0\.00$/);
     assert.equal(item.command, "tandem.menu");
+    const label = item.accessibilityInformation?.label ?? "";
+    assert.ok(label.startsWith("tandem: ") && label.includes("tokens today"), label);
+    assert.doesNotMatch(label, /[*`\\]|\$\(/, "plain text: no Markdown, no icons");
   });
 
   it("shows usage and status pages", async () => {
@@ -218,29 +231,33 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
 
   it("pauses completions in the client", async () => {
     const document = harness.documents[0];
-    const before = (await tandem.status())?.counters?.inlineRequests;
+    const before = (await tandem.status.serverStatus())?.counters?.inlineRequests;
     await harness.commands.get("tandem.toggle")?.();
-    assert.ok(tandem.statusBarItem.text.includes("paused"));
+    assert.ok(tandem.status.item.text.includes("paused"));
     assert.deepEqual(await provide(tandem, document, document.positionAt(5)), []);
-    assert.equal((await tandem.status())?.counters?.inlineRequests, before, "no request reached the server");
+    assert.equal(
+      (await tandem.status.serverStatus())?.counters?.inlineRequests,
+      before,
+      "no request reached the server",
+    );
     await harness.commands.get("tandem.toggle")?.();
-    assert.ok(!tandem.statusBarItem.text.includes("paused"));
+    assert.ok(!tandem.status.item.text.includes("paused"));
   });
 
   it("passes the API key from secret storage through the server's environment, never settings", async () => {
     harness.inputs.push(KEY);
-    const old = tandem.server;
+    const old = tandem.server.process;
     await harness.commands.get("tandem.setApiKey")?.();
-    const pid = tandem.server?.pid;
-    assert.ok(pid && tandem.server !== old);
+    const pid = tandem.server.process?.pid;
+    assert.ok(pid && tandem.server.process !== old);
     const environ = fs.readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
     assert.ok(environ.includes(`OPENAI_API_KEY=${KEY}`));
     assert.equal(harness.secrets.get("tandem.openaiApiKey"), KEY);
     assert.ok(![...harness.configuration.values()].includes(KEY));
     const status = await ready(tandem);
     assert.equal(status.backends?.cloud?.configured, true);
-    await tandem.refresh();
-    assert.ok(tandem.statusBarItem.text.includes(" · local+cloud · "), tandem.statusBarItem.text);
+    await tandem.status.refresh();
+    assert.ok(tandem.status.item.text.includes(" · local+cloud · "), tandem.status.item.text);
   });
 
   it("explains the selection in the cloud, streaming the reply into the Assist channel", async () => {
@@ -250,7 +267,7 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
     editor.selection = lines(document, 3, 4);
     const reply = "`file_size` returns the size of the file at `path` in bytes, from `os.path.getsize`.";
     cloud.replies.push(reply);
-    const result = (await tandem.assist("explain")) as AssistResult;
+    const result = (await tandem.assist.run("explain")) as AssistResult;
     assert.equal(result.backend, "cloud");
     assert.equal(result.text, reply);
     assert.equal(cloud.seen.at(-1)?.authorization, `Bearer ${KEY}`);
@@ -259,9 +276,9 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
     assert.ok(output.includes("## Explain — helpers.py:4-5\n\n" + reply), output);
     assert.match(output, /_cloud gpt-4o_/);
     assert.equal(document.text, HELPERS);
-    await tandem.refresh();
-    assert.match(tandem.statusBarItem.text, / · (<\$0\.01|\$0\.\d\d)$/);
-    assert.doesNotMatch(tandem.statusBarItem.text, / · \$0\.00$/, "today's cloud cost");
+    await tandem.status.refresh();
+    assert.match(tandem.status.item.text, / · (<\$0\.01|\$0\.\d\d)$/);
+    assert.doesNotMatch(tandem.status.item.text, / · \$0\.00$/, "today's cloud cost");
   });
 
   it("runs a code action's debug command through the same streaming view", async () => {
@@ -288,7 +305,7 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
     cloud.replies.push("```python\n" + code + "\n```");
     harness.inputs.push("use os.stat");
     const version = document.version;
-    const result = (await tandem.assist("refactor")) as AssistResult;
+    const result = (await tandem.assist.run("refactor")) as AssistResult;
     assert.equal(result.code?.trimEnd(), code);
     assert.equal(result.applied, true, JSON.stringify(result.notes));
     assert.ok(cloud.seen.at(-1)?.body.messages?.some((m) => m.content.includes("use os.stat")));
@@ -311,7 +328,7 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
     harness.choices.push("Apply");
     harness.executed.length = 0;
     const original = document.text;
-    const result = (await tandem.assist("refactor")) as AssistResult;
+    const result = (await tandem.assist.run("refactor")) as AssistResult;
     assert.equal(result.applied, false, "apply: false was sent, the server left the document alone");
     const diff = harness.executed.find((call) => call.command === "vscode.diff");
     assert.ok(diff, "a diff was shown");
@@ -324,40 +341,142 @@ describe("the extension with the real tandem server", { timeout: 280_000 }, () =
       ),
     );
     assert.equal(document.text, proposal, "applied by the extension after Apply");
-    assert.ok(tandem.server, "a client-only setting did not restart the server");
+    assert.ok(tandem.server.process, "a client-only setting did not restart the server");
   });
 
-  it("restarts with new settings when they change", async () => {
-    const old = tandem.server;
+  it("sends other settings to the running server as workspace/didChangeConfiguration, without a restart", async () => {
+    const old = tandem.server.process;
     harness.configure({ "tandem.completion.multiline": "never" });
     const status = await until("the new settings", async () => {
-      if (tandem.server === old) {
-        return undefined;
-      }
-      const current = (await tandem.status().catch(() => undefined)) as
+      const current = (await tandem.status.serverStatus().catch(() => undefined)) as
         { settings?: { multiline?: string } } | undefined;
       return current?.settings?.multiline === "never" ? current : undefined;
     });
     assert.equal(status.settings?.multiline, "never");
+    assert.equal(tandem.server.process, old, "the same server process");
+    assert.ok(harness.output("tandem").text.includes("tandem settings changed: sending them to the server"));
+  });
+
+  it("does not restart for the API key it already has", async () => {
+    const old = tandem.server.process;
+    harness.inputs.push(KEY);
+    await harness.commands.get("tandem.setApiKey")?.();
+    assert.equal(tandem.server.process, old);
+    assert.ok(harness.messages.some((m) => m.text === "tandem: API key stored."));
+  });
+
+  it("restarts the server when tandem.server.command changes, and remembers the command that worked", async () => {
+    const old = tandem.server.process;
+    harness.configure({ "tandem.server.command": LOGGING_COMMAND });
+    await until("the new server", () =>
+      tandem.server.process !== old && tandem.server.client?.isRunning() ? true : undefined,
+    );
+    assert.deepEqual(tandem.server.process?.spawnargs, LOGGING_COMMAND);
+    assert.deepEqual(ctx.globalState.get(LAST_WORKING_COMMAND), LOGGING_COMMAND);
+  });
+
+  it("keeps the running server when a new command cannot be found, and says so", async () => {
+    const old = tandem.server.process;
+    harness.messages.length = 0;
+    harness.configure({ "tandem.server.command": ["/nonexistent/bin/tandem", "serve"] });
+    const warning = await until("the warning", () => harness.messages.find((m) => m.kind === "warning"));
+    assert.equal(
+      warning.text,
+      `tandem: cannot find the server executable "/nonexistent/bin/tandem"; using the last command that worked: ` +
+        `${LOGGING_COMMAND.join(" ")}; the server keeps running.`,
+    );
+    assert.equal(tandem.server.process, old);
+    assert.ok(tandem.server.client?.isRunning());
+  });
+
+  it("in a remote window, where VS Code drops the User value of tandem.server.command, keeps the command that worked", async () => {
+    const PATH = process.env.PATH;
+    harness.remoteName = "ssh-remote";
+    // the remote has no `tandem` on its PATH
+    process.env.PATH = (PATH ?? "")
+      .split(path.delimiter)
+      .filter((dir) => !fs.existsSync(path.join(dir, "tandem")))
+      .join(path.delimiter);
+    try {
+      const old = tandem.server.process;
+      harness.messages.length = 0;
+      // what code-server does when the user adds a setting: the User value of the
+      // machine-overridable tandem.server.command is no longer there
+      harness.configure({ "tandem.server.command": undefined, "tandem.completion.debounceMs": 100 });
+      const warning = await until("the warning", () => harness.messages.find((m) => m.kind === "warning"));
+      assert.ok(
+        warning.text.startsWith(
+          'tandem: cannot find the server executable "tandem" (in a remote window VS Code reads tandem.server.command ' +
+            "from the Remote or Workspace settings, not from User settings); using the last command that worked: " +
+            LOGGING_COMMAND.join(" "),
+        ),
+        warning.text,
+      );
+      await until("the new settings", async () => {
+        const status = (await tandem.status.serverStatus()) as { settings?: { debounceMs?: unknown } } | undefined;
+        return status?.settings?.debounceMs === 100 ? true : undefined;
+      });
+      assert.equal(tandem.server.process, old, "no restart");
+
+      await harness.commands.get("tandem.restart")?.();
+      assert.ok(tandem.server.process !== old && tandem.server.client?.isRunning(), "tandem: Restart Server");
+      assert.deepEqual(tandem.server.process?.spawnargs, LOGGING_COMMAND, "with the last command that worked");
+
+      // a Workspace value is honoured in a remote window: the server restarts with it
+      const restarted = tandem.server.process;
+      harness.configure({ "workspace:tandem.server.command": COMMAND });
+      await until("the Workspace's command", () =>
+        tandem.server.process !== restarted && tandem.server.client?.isRunning() ? true : undefined,
+      );
+      assert.deepEqual(tandem.server.process?.spawnargs, COMMAND);
+    } finally {
+      harness.remoteName = undefined;
+      process.env.PATH = PATH;
+      // the User value back, with no change event: no restart
+      harness.configuration.delete("workspace:tandem.server.command");
+      harness.configuration.set("tandem.server.command", COMMAND);
+    }
+  });
+
+  it("goes back to the last command that worked when a new one stops before it is ready", async () => {
+    const old = tandem.server.process;
+    const crash = "import sys; sys.stderr.write('RuntimeError: no such model\\n'); sys.exit(3)";
+    harness.messages.length = 0;
+    try {
+      harness.configure({ "tandem.server.command": [PYTHON, "-c", crash] });
+      const warning = await until("the warning", () => harness.messages.find((m) => m.kind === "warning"));
+      assert.match(warning.text, /stopped before it was ready \(exit code 3\): RuntimeError: no such model/);
+      assert.ok(warning.text.endsWith(`Started the last command that worked instead: ${COMMAND.join(" ")}.`));
+      await until("the server", () => (tandem.server.client?.isRunning() ? true : undefined));
+      assert.ok(tandem.server.process !== old);
+      assert.deepEqual(tandem.server.process?.spawnargs, COMMAND);
+      // (vscode-languageclient shows its own "couldn't create connection" error for the failed start)
+      assert.ok(
+        !harness.messages.some((m) => m.kind === "error" && m.text.startsWith("tandem: ")),
+        JSON.stringify(harness.messages),
+      );
+    } finally {
+      harness.configuration.set("tandem.server.command", COMMAND);
+    }
   });
 
   it("restarts the server when it dies, three times, then stops and says why", async () => {
     for (let crash = 1; crash <= 4; crash++) {
-      const server = tandem.server;
+      const server = tandem.server.process;
       assert.ok(server?.pid);
       server.kill("SIGKILL");
       if (crash <= 3) {
         await until(`restart ${crash}`, () =>
-          tandem.server !== server && tandem.client?.isRunning() ? true : undefined,
+          tandem.server.process !== server && tandem.server.client?.isRunning() ? true : undefined,
         );
         assert.ok(harness.output("tandem").text.includes(`restarting (${crash} of 3)`));
       }
     }
-    await until("the extension to give up", () => (tandem.statusBarItem.text === "$(error) tandem" ? true : undefined));
+    await until("the extension to give up", () => (tandem.status.item.text === "$(error) tandem" ? true : undefined));
     const error = harness.messages.find((m) => m.kind === "error" && m.text.includes("will not be restarted"));
     assert.ok(error, JSON.stringify(harness.messages));
     assert.match(error.text, /stopped 4 times in 3 minutes \(killed by SIGKILL\)/);
-    assert.equal(tandem.statusBarItem.command, "tandem.showLog");
+    assert.equal(tandem.status.item.command, "tandem.showLog");
     assert.deepEqual(error.actions, ["Show Log", "Restart"]);
   });
 });
@@ -375,8 +494,8 @@ describe("a server that cannot start", { timeout: 60_000 }, () => {
       );
       assert.ok(error, JSON.stringify(harness.messages));
       assert.match(error.text, /\(exit code 3\): RuntimeError: cannot load the model/);
-      assert.equal(tandem.statusBarItem.text, "$(error) tandem");
-      assert.equal(tandem.statusBarItem.command, "tandem.showLog");
+      assert.equal(tandem.status.item.text, "$(error) tandem");
+      assert.equal(tandem.status.item.command, "tandem.showLog");
     } finally {
       await deactivate();
       dispose(ctx);
@@ -397,7 +516,7 @@ describe("a server that cannot start", { timeout: 60_000 }, () => {
         JSON.stringify(harness.messages),
       );
       assert.deepEqual(error?.actions, ["How to Install", "Open Settings"]);
-      assert.equal(tandem.server, undefined);
+      assert.equal(tandem.server.process, undefined);
       await until("the README", () => harness.executed.find((call) => call.command === "markdown.showPreview"));
       const readme = harness.executed.find((call) => call.command === "markdown.showPreview")?.args[0] as Uri;
       assert.equal(readme.path, path.join(EXTENSION, "README.md"));

@@ -3,7 +3,16 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, it } from "node:test";
 import { findExecutable } from "../src/executable";
-import { DEFAULT_COMMAND, serverCommand, serverEnv, serverKeys, serverSettings } from "../src/settings";
+import {
+  DEFAULT_COMMAND,
+  chooseCommand,
+  configured,
+  sameCommand,
+  serverCommand,
+  serverEnv,
+  serverKeys,
+  serverSettings,
+} from "../src/settings";
 
 const PACKAGE = JSON.parse(fs.readFileSync(path.resolve(__dirname, "..", "..", "package.json"), "utf8"));
 const PROPERTIES: Record<
@@ -129,6 +138,68 @@ describe("serverCommand", () => {
       assert.ok("problem" in result && result.problem.includes('["tandem", "serve"]'));
     });
   }
+});
+
+describe("configured", () => {
+  it("takes the most specific value VS Code has: folder, workspace, user, default", () => {
+    const all = { defaultValue: ["d"], globalValue: ["u"], workspaceValue: ["w"], workspaceFolderValue: ["f"] };
+    assert.deepEqual(configured(all), { value: ["f"], source: "folder" });
+    assert.deepEqual(configured({ ...all, workspaceFolderValue: undefined }), { value: ["w"], source: "workspace" });
+    assert.deepEqual(configured({ defaultValue: ["d"], globalValue: ["u"] }), { value: ["u"], source: "user" });
+    assert.deepEqual(configured({ defaultValue: ["d"] }), { value: ["d"], source: "default" });
+    assert.deepEqual(configured(undefined), { value: undefined, source: "default" });
+  });
+});
+
+describe("chooseCommand", () => {
+  const VENV = ["/venv/bin/tandem", "serve"];
+  const exists = (command: readonly string[]): boolean => command[0] === "/venv/bin/tandem";
+
+  it("starts the configured command when its executable exists", () => {
+    assert.deepEqual(chooseCommand({ value: VENV, source: "user" }, ["/old/tandem", "serve"], exists, false), {
+      command: VENV,
+    });
+  });
+
+  it("falls back to the last command that worked when the configured one cannot be found, and says so", () => {
+    const choice = chooseCommand({ value: ["/typo/tandem", "serve"], source: "user" }, VENV, exists, false);
+    assert.deepEqual(choice, {
+      command: VENV,
+      warning:
+        'cannot find the server executable "/typo/tandem"; using the last command that worked: /venv/bin/tandem serve',
+    });
+  });
+
+  it("falls back the same way when the setting is not a command", () => {
+    const choice = chooseCommand({ value: "tandem serve", source: "workspace" }, VENV, exists, false);
+    assert.ok("command" in choice && sameCommand(choice.command, VENV));
+    assert.ok("command" in choice && choice.warning?.startsWith("tandem.server.command must be an array"));
+  });
+
+  it("in a remote window, says where VS Code reads the setting when only the default is left", () => {
+    const remote = chooseCommand({ value: [...DEFAULT_COMMAND], source: "default" }, VENV, exists, true);
+    assert.ok("command" in remote && sameCommand(remote.command, VENV));
+    assert.match(
+      ("command" in remote && remote.warning) || "",
+      /^cannot find the server executable "tandem" \(in a remote window VS Code reads tandem\.server\.command from the Remote or Workspace settings, not from User settings\); using the last command that worked/,
+    );
+    const local = chooseCommand({ value: [...DEFAULT_COMMAND], source: "default" }, VENV, exists, false);
+    assert.doesNotMatch(("command" in local && local.warning) || "", /remote window/);
+    const set = chooseCommand({ value: ["/remote/tandem", "serve"], source: "user" }, VENV, exists, true);
+    assert.doesNotMatch(("command" in set && set.warning) || "", /remote window/, "a Remote settings value");
+  });
+
+  it("says why nothing can start when there is no working command to fall back to", () => {
+    const missing = chooseCommand({ value: ["/typo/tandem"], source: "user" }, undefined, exists, false);
+    assert.ok("problem" in missing && missing.missing);
+    assert.ok(
+      "problem" in missing && missing.problem.startsWith('cannot find the server executable "/typo/tandem". Install'),
+    );
+    const gone = chooseCommand({ value: ["/typo/tandem"], source: "user" }, ["/gone/tandem"], exists, false);
+    assert.ok("problem" in gone && gone.missing, "the last command is gone too");
+    const invalid = chooseCommand({ value: [], source: "user" }, undefined, exists, false);
+    assert.ok("problem" in invalid && !invalid.missing && invalid.problem.includes('["tandem", "serve"]'));
+  });
 });
 
 describe("serverEnv", () => {

@@ -353,7 +353,13 @@ export const harness = {
   choices: [] as (string | undefined)[],
   providers: new Map<string, any[]>(),
   contentProviders: new Map<string, any>(),
+  /**
+   * Settings by full name ("tandem.cloud.model"): User values; "workspace:NAME" and
+   * "folder:NAME" are Workspace and Folder values, "default:NAME" the contributed defaults.
+   */
   configuration: new Map<string, unknown>(),
+  /** `env.remoteName`: undefined in a local window, e.g. "ssh-remote" in a remote one. */
+  remoteName: undefined as string | undefined,
   secrets: new Map<string, string>(),
   outputs: [] as OutputChannel[],
   statusBarItems: [] as any[],
@@ -385,14 +391,22 @@ export const harness = {
     });
   },
 
-  /** Change settings (section-relative keys such as "tandem.cloud.model") as the user would. */
+  /**
+   * Change settings as the user would (keys as in `configuration`; undefined removes a value),
+   * and fire the change event VS Code fires.
+   */
   configure(values: Record<string, unknown>): void {
     for (const [key, value] of Object.entries(values)) {
-      this.configuration.set(key, value);
+      if (value === undefined) {
+        this.configuration.delete(key);
+      } else {
+        this.configuration.set(key, value);
+      }
     }
+    const names = Object.keys(values).map((key) => key.replace(/^(workspace|folder):/, ""));
     this.onDidChangeConfiguration.fire({
       affectsConfiguration: (section: string) =>
-        Object.keys(values).some((key) => key === section || key.startsWith(`${section}.`)),
+        names.some((name) => name === section || name.startsWith(`${section}.`)),
     });
   },
 
@@ -461,26 +475,27 @@ class OutputChannel {
 
 function configurationFor(section: string | undefined): any {
   const full = (key: string): string => (section ? `${section}.${key}` : key);
-  const defaults = (key: string): unknown => harness.configuration.get(`default:${full(key)}`);
+  const inspect = (key: string) => {
+    const name = full(key);
+    return {
+      key: name,
+      defaultValue: harness.configuration.get(`default:${name}`),
+      globalValue: harness.configuration.get(name),
+      workspaceValue: harness.configuration.get(`workspace:${name}`),
+      workspaceFolderValue: harness.configuration.get(`folder:${name}`),
+    };
+  };
   return {
     get(key: string, fallback?: unknown): unknown {
-      const name = full(key);
-      if (harness.configuration.has(name)) {
-        return harness.configuration.get(name);
-      }
-      return defaults(key) ?? fallback;
+      const values = inspect(key);
+      const ordered = [values.workspaceFolderValue, values.workspaceValue, values.globalValue, values.defaultValue];
+      const value = ordered.find((candidate) => candidate !== undefined);
+      return value === undefined ? fallback : value;
     },
     has(key: string): boolean {
       return harness.configuration.has(full(key));
     },
-    inspect(key: string): unknown {
-      const name = full(key);
-      return {
-        key: name,
-        defaultValue: defaults(key),
-        globalValue: harness.configuration.get(name),
-      };
-    },
+    inspect,
     update(): Promise<void> {
       return Promise.resolve();
     },
@@ -534,6 +549,9 @@ function matches(selector: any, document: TextDocument): number {
 
 const namespaces: Record<string, Record<string, unknown>> = {
   env: {
+    get remoteName() {
+      return harness.remoteName;
+    },
     appName: "Visual Studio Code",
     language: "en",
     machineId: "stub",
