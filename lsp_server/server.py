@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -65,6 +65,7 @@ class TandemProtocol(LanguageServerProtocol):
         """When each pending inline-completion request was read (perf_counter), by request id."""
         self.timings: dict[Any, Timing] = {}
         """The stage times of each pending inline-completion request, by request id."""
+        self.exited = False
 
     def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
         # A request's handler task starts only after messages read with it are handled: a burst
@@ -115,6 +116,18 @@ class TandemProtocol(LanguageServerProtocol):
             error = JsonRpcInvalidParams(f"malformed params for {data['method']}: {exc.__cause__}")
             self._send_response(data["id"], None, error.to_response_error())
             return JsonRPCNotification(method=_IGNORED, params=None, jsonrpc=self.VERSION)
+
+    @lsp_method(types.EXIT)
+    def lsp_exit(self, *args: Any) -> Generator[Any, Any, None]:
+        self.exited = True  # the output closes now: answers still due are dropped, not reported as errors
+        yield from super().lsp_exit(*args)
+
+    def _send_data(self, data: Any) -> None:
+        # pygls reports a failed write as an error, whose report fails to write too: a flood of tracebacks.
+        if self.exited:
+            log.debug("the client has exited: %s not sent", type(data).__name__)
+            return
+        super()._send_data(data)
 
     @lsp_method(_IGNORED)
     def ignore(self, params: Any) -> None:

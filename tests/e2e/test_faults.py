@@ -7,14 +7,17 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lsprotocol import types
 
 from lsp_server.session import plain
 from tests.conftest import Client, serving
-from tests.e2e.test_completion import SOURCE, URI, complete, end_position, inline_params, open_doc, status
+from tests.e2e.test_completion import LONG_LIST, SOURCE, URI, complete, end_position, inline_params, open_doc, status
 
 GGUF_HEADER = b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") * 2
 
@@ -141,9 +144,7 @@ def test_raw_wire_faults_and_exit_codes(tmp_path: Path) -> None:
     def frame(body: bytes) -> bytes:
         return f"Content-Length: {len(body)}\r\n\r\n".encode() + body
 
-    def message(obj: dict[str, object]) -> bytes:
-        return frame(json.dumps(obj).encode())
-
+    message = _message
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}
     env = {**os.environ, "TANDEM_DATA_DIR": str(tmp_path)}
     stdin = (
@@ -226,3 +227,78 @@ async def test_damaged_ledger_never_stops_completions(damage: str, tmp_path: Pat
         assert len(ledger_messages) == 1, [m.message for m in client.messages]
         if damage == "corrupt":
             assert list(data.glob("ledger.sqlite3.corrupt-*")), "the bad file is kept aside"
+
+
+def test_exit_with_work_in_flight_writes_nothing_after_it(tmp_path: Path) -> None:
+    """An editor restarting the server: answers still due when `exit` closes the output are dropped quietly.
+
+    pygls reported each failed write as an error, whose report failed to write too: 10,000-19,000 tracebacks."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lsp_server", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TANDEM_DATA_DIR": str(tmp_path)},
+    )
+    assert server.stdin is not None and server.stdout is not None
+    stdin, stdout = server.stdin, server.stdout
+
+    def send(*messages: dict[str, Any]) -> None:
+        stdin.write(b"".join(_message(m) for m in messages))
+        stdin.flush()
+
+    def read_until(wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        while not wanted(message := _read_message(stdout)):
+            pass
+        return message
+
+    def status_request(msg_id: int) -> dict[str, Any]:
+        params = {"command": "tandem.status"}
+        return {"jsonrpc": "2.0", "id": msg_id, "method": "workspace/executeCommand", "params": params}
+
+    init = {"capabilities": {}, "initializationOptions": {"completion": {"multiline": "always", "maxTokens": 400}}}
+    document = {"uri": URI, "languageId": "python", "version": 1, "text": LONG_LIST}
+    send(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": init,
+        },
+        {"jsonrpc": "2.0", "method": "initialized", "params": {}},
+        {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": document}},
+    )
+    for msg_id in range(2, 10_000):  # until the model has loaded
+        send(status_request(msg_id))
+        if read_until(lambda m, i=msg_id: m.get("id") == i)["result"]["model"]["state"] == "ready":
+            break
+        time.sleep(0.05)
+    position = {"line": LONG_LIST.count("\n"), "character": 0}
+    inline = {"textDocument": {"uri": URI}, "position": position, "context": {"triggerKind": 1}}
+    send({"jsonrpc": "2.0", "id": "long", "method": "textDocument/inlineCompletion", "params": inline})
+    read_until(lambda m: m.get("method") == "tandem/ghostText")  # a generation is running
+    send(
+        *(status_request(20_000 + i) for i in range(5)),
+        {"jsonrpc": "2.0", "id": "bye", "method": "shutdown"},
+        {"jsonrpc": "2.0", "method": "exit"},
+        *(status_request(30_000 + i) for i in range(5)),
+    )
+    _, stderr = server.communicate(timeout=120)
+    assert server.returncode == 0
+    assert b"Traceback" not in stderr and b"Failed to report error" not in stderr, stderr[-3000:].decode()
+
+
+def _message(body: dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    return f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+
+
+def _read_message(stream: Any) -> dict[str, Any]:
+    """The next JSON-RPC message on a server's stdout."""
+    length = 0
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    assert length, "the server closed its output"
+    message: dict[str, Any] = json.loads(stream.read(length))
+    return message
