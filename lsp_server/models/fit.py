@@ -1,12 +1,19 @@
-"""Will a model fit: memory for weights + KV cache + compute from GGUF metadata, and GPU layers for free VRAM."""
+"""Will a model fit: memory for weights + KV cache + compute from GGUF metadata, and GPU layers for free VRAM;
+the checks a model file passes before it is loaded."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
-from lsp_server.models.gguf import Gguf
+from lsp_server.backends import BackendError
+from lsp_server.config import Settings
+from lsp_server.models.gguf import Gguf, GgufError, read_gguf
+
+log = logging.getLogger(__name__)
 
 MIB = 2**20
 _BASE_OVERHEAD = 64 * MIB  # llama.cpp's context, graph and sampler state, measured on Gemma 3 270M
@@ -105,3 +112,52 @@ def ram_needed(need: Estimate, offloaded: int) -> int:
 def gib(size: int) -> str:
     """Bytes as GiB with one decimal, or MiB below 1 GiB."""
     return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / MIB:.0f} MiB"
+
+
+def check_model_file(path: str, settings: Settings, gpu_offload: bool, vram: int | None = None) -> int:
+    """Refuse, with a message a user can act on, a model that cannot load; else the GPU layers to load it with.
+
+    `vram`: free GPU memory in bytes where it is known (CUDA), for choosing or checking the layers offloaded.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise BackendError(f"model file not found: {path} (check local.modelPath or TANDEM_MODEL)")
+    if not file.is_file():
+        raise BackendError(f"model path is not a file: {path}")
+    if file.name.endswith(".partial"):
+        raise BackendError(f"{path} is an unfinished download: run the same `tandem models pull` again")
+    try:
+        with file.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise BackendError(f"model file cannot be read: {path}: {exc.strerror}") from exc
+    if magic != b"GGUF":
+        raise BackendError(f"not a GGUF model file: {path} (tandem loads llama.cpp GGUF files)")
+    try:
+        need = estimate(read_gguf(path), settings.context_size)
+    except GgufError as exc:
+        raise BackendError(f"model failed to load: {exc}") from exc
+    layers = settings.n_gpu_layers
+    most = -1 if vram is None or not gpu_offload else gpu_layers(need, vram)
+    if layers is None:
+        layers = most
+        if most != -1:
+            log.info(
+                "%s: %d of %d layers fit in %s of free VRAM (model needs %s); the rest run on the CPU",
+                file.name, most, need.layers, gib(vram or 0), gib(need.total),
+            )  # fmt: skip
+    elif most != -1 and (layers == -1 or layers > most):
+        raise BackendError(
+            f"model too large for GPU memory: {file.name} with local.nGpuLayers={layers} needs about "
+            f"{gib(vram_needed(need, layers))}, {gib(vram or 0)} free; "
+            f'set local.nGpuLayers to "auto" or at most {most}'
+        )
+    ram = ram_needed(need, layers if gpu_offload else 0)
+    available = available_memory()
+    if available is not None and ram > available:
+        raise BackendError(
+            f"model too large for memory: {path} needs about {gib(ram)} (weights {gib(need.weights)}, "
+            f"KV cache {gib(need.kv_cache)} at context {settings.context_size}), {gib(available)} available;"
+            " choose a smaller quantization or local.contextSize"
+        )
+    return layers

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from lsp_server.backends import BackendError
-from lsp_server.backends.local import check_model_file
 from lsp_server.config import Settings
-from lsp_server.models.fit import MIB, Estimate, estimate, gpu_layers, ram_needed, vram_needed
+from lsp_server.models.fit import MIB, Estimate, check_model_file, estimate, gpu_layers, ram_needed, vram_needed
 from lsp_server.models.gguf import read_gguf
 from tests.loopback import embedded_model
 
@@ -82,7 +81,7 @@ def test_gpu_layers_of_the_embedded_model(caplog: pytest.LogCaptureFixture) -> N
     assert check_model_file(path, Settings(), gpu_offload=True) == -1  # no VRAM reading (no CUDA): all
     assert check_model_file(path, Settings(), gpu_offload=True, vram=8 * 2**30) == -1
     half = vram_needed(need, 9)
-    with caplog.at_level("INFO", logger="lsp_server.backends.local"):
+    with caplog.at_level("INFO", logger="lsp_server.models.fit"):
         assert check_model_file(path, Settings(), gpu_offload=True, vram=half) == 9
     assert "9 of 18 layers fit" in caplog.text
     assert check_model_file(path, Settings(n_gpu_layers=7), gpu_offload=True, vram=half) == 7  # the user's choice

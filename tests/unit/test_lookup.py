@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsp_server.backends.local import draft_by_lookup
+from lsp_server.backends.decoding import draft_by_lookup
 
 
 @pytest.mark.parametrize(
