@@ -9,7 +9,7 @@ import time
 import pytest
 from loopback import Fault, FaultProxy, free_port
 
-from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
+from lsp_server.backends import BackendError, ChatPrompt, Generation, TextPrompt, Usage
 from lsp_server.backends.openai_compat import OpenAICompatBackend
 
 KEY = "sk-test-4f9a2b7c1d8e6f3a5b0c9d2e7f1a4b8c"
@@ -28,7 +28,7 @@ async def chat(
     b: OpenAICompatBackend, max_tokens: int = 12, cancel: threading.Event | None = None
 ) -> tuple[str, Generation]:
     report = Generation()
-    chunks = [c async for c in b.chat(MESSAGES, max_tokens, cancel or threading.Event(), report)]
+    chunks = [c async for c in b.stream(ChatPrompt(MESSAGES, max_tokens), cancel or threading.Event(), report)]
     return "".join(chunks), report
 
 
@@ -107,7 +107,7 @@ async def test_failures_give_a_clear_error(
     b = backend(proxy.url, **options)
     report = Generation()
     with pytest.raises(BackendError) as info:
-        await anext(b.chat(MESSAGES, 12, threading.Event(), report))
+        await anext(b.stream(ChatPrompt(MESSAGES, 12), threading.Event(), report))
     message = str(info.value)
     # A refused request costs nothing; one the server accepted is estimated (it may be billed).
     accepted = fault.kind in ("malformed", "empty")
@@ -164,7 +164,7 @@ async def test_no_retry_once_text_has_streamed(proxy: FaultProxy, kind: str, exp
     b = backend(proxy.url, max_retries=3, timeout_s=1.0)
     received: list[str] = []
     with pytest.raises(BackendError, match=expected):
-        async for chunk in b.chat(MESSAGES, 32, threading.Event(), Generation()):
+        async for chunk in b.stream(ChatPrompt(MESSAGES, 32), threading.Event(), Generation()):
             received.append(chunk)
     assert received
     assert len(proxy.state.seen) == 1
@@ -176,7 +176,7 @@ async def test_cancel_closes_the_stream_within_one_chunk(proxy: FaultProxy) -> N
     cancel, report = threading.Event(), Generation()
     received: list[str] = []
     cancelled_at = 0.0
-    async for chunk in b.chat(MESSAGES, 64, cancel, report):
+    async for chunk in b.stream(ChatPrompt(MESSAGES, 64), cancel, report):
         received.append(chunk)
         if not cancel.is_set():
             cancel.set()
