@@ -143,8 +143,6 @@ class App:
                 "healthy": cloud is not None and cloud.healthy,
                 "lastError": None if cloud is None else cloud.last_error,
                 "model": self.settings.cloud_model,
-                "dailyBudgetUsd": self.budget.daily_usd,
-                "monthlyBudgetUsd": self.budget.monthly_usd,
             },
         }
         return result

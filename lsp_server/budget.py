@@ -37,9 +37,6 @@ class Budget:
     """
 
     def __init__(self, ledger: Ledger, prices: Prices, daily_usd: float | None, monthly_usd: float | None) -> None:
-        self.daily_usd = daily_usd
-        """The daily limit; None: unlimited."""
-        self.monthly_usd = monthly_usd
         self._ledger = ledger
         self._prices = prices
         self._periods = [
