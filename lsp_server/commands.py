@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from lsp_server.assist import AssistRequest
+from lsp_server.assist import AssistRequest, AssistResult
 from lsp_server.documents import Document, PositionError, offset_at, span_at, units
 
 DEFAULT_INSTRUCTION = "Make this code clearer and simpler without changing what it does."
@@ -102,6 +102,28 @@ def assist_request(task: str, arg: AssistArgs, doc: Document, path: str, encodin
         diagnostics=arg.diagnostics,
         error_text=arg.error_text,
     )
+
+
+def answer(arg: AssistArgs, result: AssistResult, applied: bool | None, why_not: str | None = None) -> dict[str, Any]:
+    """The command's result object: the reply, how it was served, and whether its edit was applied (None: it
+    had none; `why_not` says why it was not)."""
+    notes = [*result.notes, *([f"The edit was not applied: {why_not}."] if why_not else [])]
+    return {
+        "id": arg.id,
+        "text": result.text,
+        "code": result.code,
+        "backend": result.backend,
+        "model": result.model,
+        "reason": result.reason,
+        "outcome": result.outcome,
+        "notes": notes,
+        "applied": applied,
+        "usage": {
+            "promptTokens": result.usage.prompt_tokens,
+            "completionTokens": result.usage.completion_tokens,
+            "estimated": result.usage.estimated,
+        },
+    }
 
 
 def code_actions(

@@ -21,7 +21,7 @@ from lsp_server import __version__
 from lsp_server.app import App, Level, Report
 from lsp_server.assist import AssistRequest, AssistResult
 from lsp_server.backends import BackendError
-from lsp_server.commands import AssistArgs, BadArguments, Span, assist_args, assist_request, code_actions
+from lsp_server.commands import AssistArgs, BadArguments, Span, answer, assist_args, assist_request, code_actions
 from lsp_server.completion.engine import Request, Selected, Timing
 from lsp_server.config import Settings, resolve, saved_settings
 from lsp_server.documents import Document, PositionError, apply_change, offset_at, span_at
@@ -134,9 +134,8 @@ class TandemProtocol(LanguageServerProtocol):
         try:
             for change in params.content_changes:
                 if isinstance(change, types.TextDocumentContentChangePartial):
-                    text = apply_change(
-                        text, change.text, _pair(change.range.start), _pair(change.range.end), self._server.encoding
-                    )
+                    start, end = _span(change.range)
+                    text = apply_change(text, change.text, start, end, self._server.encoding)
                 else:
                     text = change.text
         except PositionError as exc:
@@ -358,32 +357,10 @@ async def _assist(ls: TandemServer, task: str, args: Sequence[Any]) -> dict[str,
         ls.report_once(result.reason, "warning")
     for note in result.notes:
         ls.report_once(note, "info")
-    notes = list(result.notes)
-    applied: bool | None = None
-    if result.code is not None:
-        applied = False
-        if arg.apply and not cancel.is_set():
-            why_not = await _apply_refactor(ls, doc, arg.span, result.code)
-            applied = why_not is None
-            if why_not is not None:
-                notes.append(f"The edit was not applied: {why_not}.")
-    usage = result.usage
-    return {
-        "id": arg.id,
-        "text": result.text,
-        "code": result.code,
-        "backend": result.backend,
-        "model": result.model,
-        "reason": result.reason,
-        "outcome": result.outcome,
-        "notes": notes,
-        "applied": applied,
-        "usage": {
-            "promptTokens": usage.prompt_tokens,
-            "completionTokens": usage.completion_tokens,
-            "estimated": usage.estimated,
-        },
-    }
+    if result.code is None or not arg.apply or cancel.is_set():
+        return answer(arg, result, applied=None if result.code is None else False)
+    why_not = await _apply_refactor(ls, doc, arg.span, result.code)
+    return answer(arg, result, applied=why_not is None, why_not=why_not)
 
 
 async def _streamed(
