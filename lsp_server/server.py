@@ -196,7 +196,7 @@ class TandemServer(LanguageServer):
         """What was kept about the inline-completion or assist request being handled."""
         return self.protocol.pending[self.protocol.msg_id]
 
-    async def settings(self, pushed: Mapping[str, Any] | None = None) -> Settings:
+    async def resolve_settings(self, pushed: Mapping[str, Any] | None = None) -> Settings:
         """initializationOptions, overridden by the client's `tandem` configuration as it is now, resolved."""
         options = {**(self.init_options or {}), **(pushed or {})}
         workspace = self.client_capabilities.workspace
@@ -227,13 +227,13 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: TandemServer, params: types.InitializedParams) -> None:
-        ls.open_app(await ls.settings())
+        ls.open_app(await ls.resolve_settings())
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: TandemServer, params: types.DidChangeConfigurationParams) -> None:
         app = await ls.ready_app()
         pushed = params.settings.get("tandem") if isinstance(params.settings, Mapping) else None
-        settings = await ls.settings(pushed if isinstance(pushed, Mapping) else None)
+        settings = await ls.resolve_settings(pushed if isinstance(pushed, Mapping) else None)
         if settings != app.settings:
             await app.reconfigure(settings)
 

@@ -3,7 +3,7 @@ come back, settings changes rebuild only what they touch. Real-model end-to-end 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,26 +59,21 @@ async def test_a_completion_comes_back_with_its_stage_times(client: Client) -> N
 
 
 async def test_settings_changes_rebuild_only_what_they_touch(client: Client) -> None:
-    async def status() -> dict[str, Any]:
-        return await command(client, "tandem.status")
+    def shows(section: str, key: str, value: Any) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return bool((await command(client, "tandem.status"))[section][key] == value)
 
-    assert (await status())["modelLoads"] == 1
+        return check
+
+    assert (await command(client, "tandem.status"))["modelLoads"] == 1
     reconfigure(client, {"cloud": {"dailyBudgetUsd": 1.0}, "completion": {"debounceMs": 10}})
-    await until(lambda: _debounce_is(status, 10))
-    assert (await status())["modelLoads"] == 1 and await complete(client)
+    await until(shows("settings", "debounceMs", 10))
+    assert (await command(client, "tandem.status"))["modelLoads"] == 1 and await complete(client)
     reconfigure(client, {"local": {"contextSize": 1024}})
-    await until(lambda: _model_is(status, "scripted-1024"))
-    report = await status()
+    await until(shows("model", "name", "scripted-1024"))
+    report = await command(client, "tandem.status")
     assert report["modelLoads"] == 2 and report["counters"]["generations"] == 1  # counters survive
     assert [item.insert_text for item in await complete(client)] == [REPLY]
-
-
-async def _debounce_is(status: Any, value: int) -> bool:
-    return bool((await status())["settings"]["debounceMs"] == value)
-
-
-async def _model_is(status: Any, name: str) -> bool:
-    return bool((await status())["model"]["name"] == name)
 
 
 async def test_explain_streams_from_the_local_side_and_says_why(client: Client) -> None:
