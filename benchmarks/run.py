@@ -189,11 +189,7 @@ async def ledger_on_off(model_path: str, settings: Settings, pairs: int = 8) -> 
     await backend.start()
     folder = Path(tempfile.mkdtemp(prefix="tandem-bench-ledger-"))
     ledger = Ledger(folder / "ledger.sqlite3", Prices.load())
-
-    async def template() -> None:
-        return None
-
-    engines = {"on": Engine(backend, settings, template, ledger.record), "off": Engine(backend, settings, template)}
+    engines = {"on": Engine(backend, settings, ledger.record), "off": Engine(backend, settings)}
     times: dict[str, list[float]] = {"on": [], "off": []}
     for i in range(pairs):
         text = SOURCE[: OPENING_CHARS + 150 * i]

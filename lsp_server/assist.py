@@ -8,11 +8,10 @@ import json
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from lsp_server.backends import BackendError, CompletionBackend, Generation, TextPrompt, Usage
-from lsp_server.backends.openai_compat import OpenAICompatBackend
+from lsp_server.backends import Backend, BackendError, ChatPrompt, Generation, Usage
 from lsp_server.context import CHARS_PER_TOKEN, enclosing_signatures, imports_above
 from lsp_server.ledger import Entry
 from lsp_server.privacy import AuditLog, Redaction, redact, restore
@@ -24,7 +23,6 @@ MAX_TOKENS = {"explain": 800, "debug": 1000, "refactor": 2048}
 """Most tokens generated for one reply, per task."""
 _SELECTION_SHARE = 0.6
 """Of the context budget, the most the selection may take."""
-_LOCAL_STOP = ("\n### User", "\n### System")
 
 _SYSTEM = {
     "explain": (
@@ -215,12 +213,6 @@ def fit_replacement(code: str, text: str, start: int, end: int) -> str:
     return code
 
 
-def messages_to_prompt(messages: list[dict[str, str]]) -> str:
-    """Chat messages as one plain completion prompt for a local model."""
-    turns = [f"### {m['role'].capitalize()}\n{m['content'].strip()}\n" for m in messages]
-    return "\n".join(turns) + "\n### Assistant\n"
-
-
 async def run_assist(
     req: AssistRequest, router: Router, on_chunk: Callable[[str], None], cancel: threading.Event
 ) -> AssistResult:
@@ -244,7 +236,8 @@ async def run_assist(
     if route.backend == "cloud" and router.cloud is not None:
         if secrets.kinds:
             notes += (f"Redacted before sending: {', '.join(secrets.kinds)}.",)
-        reply = await _ask_cloud(router.cloud, router.audit, req, messages, max_tokens, secrets, on_chunk, cancel)
+        prompt = ChatPrompt(messages, max_tokens)
+        reply = await _ask_cloud(router.cloud, router.audit, req.path, prompt, secrets, on_chunk, cancel)
         if reply.error and not reply.parts and not cancel.is_set() and router.local is not None:
             _record(router, req.task, reply, "error")
             reason = f"The cloud failed: {reply.error}. {req.task.capitalize()} ran on the local model."
@@ -299,35 +292,39 @@ class _Reply:
     def text(self) -> str:
         return "".join(self.parts)
 
-    async def collect(self, chunks: AsyncIterator[str], on_chunk: Callable[[str], None]) -> _Reply:
+    async def collect(
+        self, backend: Backend, prompt: ChatPrompt, on_chunk: Callable[[str], None], cancel: threading.Event
+    ) -> _Reply:
+        """Stream `backend`'s reply to `prompt`: the one path for the cloud and the local side."""
         try:
-            async for chunk in chunks:
+            async for chunk in backend.stream(prompt, cancel, self.report):
                 self.parts.append(chunk)
                 on_chunk(chunk)
         except BackendError as exc:
             self.error = exc
+        self.model = backend.model  # a local model's name is known once it has loaded
         return self
 
 
 async def _ask_cloud(
-    cloud: OpenAICompatBackend,
+    cloud: Backend,
     audit: AuditLog | None,
-    req: AssistRequest,
-    messages: list[dict[str, str]],
-    max_tokens: int,
+    path: str,
+    prompt: ChatPrompt,
     secrets: Redaction,
     on_chunk: Callable[[str], None],
     cancel: threading.Event,
 ) -> _Reply:
-    reply = _Reply(cloud.name, cloud.model, max_tokens)
+    """The cloud, every request written to the audit log."""
+    reply = _Reply(cloud.name, cloud.model, prompt.max_tokens)
     try:
-        return await reply.collect(cloud.chat(messages, max_tokens, cancel, reply.report), on_chunk)
+        return await reply.collect(cloud, prompt, on_chunk, cancel)
     finally:
         if audit is not None:
             audit.write(
                 cloud.model,
-                req.path,
-                len(json.dumps(messages).encode()),
+                path,
+                len(json.dumps(prompt.messages).encode()),
                 reply.report.usage.prompt_tokens,
                 reply.report.usage.completion_tokens,
                 secrets.kinds,
@@ -335,14 +332,14 @@ async def _ask_cloud(
 
 
 async def _ask_local(
-    local: CompletionBackend,
+    local: Backend,
     context: int,
     req: AssistRequest,
     max_tokens: int,
     on_chunk: Callable[[str], None],
     cancel: threading.Event,
 ) -> _Reply:
-    """The local model, with the prompt and reply cut to its context window."""
+    """The local side, with the prompt and reply cut to its context window."""
     max_tokens = min(max_tokens, context // 3)
     # Code runs about three characters a token; two leaves room for the template and the reply.
     context_chars = min(CLOUD_CONTEXT_CHARS, (context - max_tokens) * 2)
@@ -350,8 +347,7 @@ async def _ask_local(
     if too_large := _too_large(req, context_chars):
         reply.error = BackendError(too_large.rstrip("."))
         return reply
-    prompt = TextPrompt(messages_to_prompt(build_messages(req, context_chars)), max_tokens, _LOCAL_STOP)
-    return await reply.collect(local.stream(prompt, cancel, reply.report), on_chunk)
+    return await reply.collect(local, ChatPrompt(build_messages(req, context_chars), max_tokens), on_chunk, cancel)
 
 
 def _too_large(req: AssistRequest, context_chars: int) -> str | None:
@@ -387,24 +383,8 @@ def _redacted(req: AssistRequest) -> tuple[Redaction, AssistRequest]:
 
 
 def _record(router: Router, task: str, reply: _Reply, outcome: str) -> None:
-    if router.ledger is None:
-        return
-    usage, report = reply.report.usage, reply.report
-    router.ledger.record(
-        Entry(
-            task=task,
-            backend=reply.backend,
-            model=reply.model,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            estimated=usage.estimated,
-            first_token_ms=None if report.first_token_s is None else report.first_token_s * 1000,
-            total_ms=report.total_s * 1000,
-            outcome=outcome,
-            workspace=router.root or "",
-        )
-    )
+    if router.ledger is not None:
+        router.ledger.record(Entry.of(task, reply.backend, reply.model, reply.report, outcome, router.root or ""))
 
 
 def _tokens(messages: list[dict[str, str]]) -> int:

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 Multiline = Literal["auto", "always", "never"]
 Route = Literal["local", "cloud", "auto"]
-TASKS = ("completion", "explain", "debug", "refactor")
+ROUTED_TASKS = ("explain", "debug", "refactor")
+"""The tasks `routes` sends to the local model or the cloud; completions always run locally."""
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,11 @@ class Settings:
     over_budget: Literal["local", "refuse"] = "local"
     """What a cloud request over budget does: fall back to the local model, or refuse."""
     routes: tuple[tuple[str, Route], ...] = (
-        ("completion", "local"),
         ("explain", "auto"),
         ("debug", "auto"),
         ("refactor", "auto"),
     )
-    """Which side serves each task; auto sends commands to the cloud when a key is set."""
+    """Which side serves each command; auto sends it to the cloud when a key is set."""
     cloud_deny: tuple[str, ...] = (".env*", "*.pem", "*.key", "id_rsa*", "secrets.*")
     """Globs of files whose text never goes to the cloud."""
     prices: tuple[tuple[str, float, float], ...] = ()
@@ -142,11 +142,14 @@ def _over_budget(value: Any) -> str:
 
 
 def _routes(value: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, Mapping) or any(
-        task not in TASKS or route not in ("local", "cloud", "auto") for task, route in value.items()
-    ):
-        raise ValueError(f"expected an object mapping {', '.join(TASKS)} to local, cloud or auto")
-    merged = dict(Settings.routes) | dict(value)
+    expected = f"expected an object mapping {', '.join(ROUTED_TASKS)} to local, cloud or auto"
+    if not isinstance(value, Mapping):
+        raise ValueError(expected)
+    # Clients written when completions had a route still send one: completions always run locally.
+    routes = {task: route for task, route in value.items() if task != "completion"}
+    if any(task not in ROUTED_TASKS or route not in ("local", "cloud", "auto") for task, route in routes.items()):
+        raise ValueError(expected)
+    merged = dict(Settings.routes) | routes
     return tuple(merged.items())
 
 

@@ -18,9 +18,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lsp_server.prices import Prices
+
+if TYPE_CHECKING:
+    from lsp_server.backends import Generation
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -116,6 +119,34 @@ class Entry:
     workspace: str = ""
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     time: float = field(default_factory=time.time)
+
+    @classmethod
+    def of(
+        cls,
+        task: str,
+        backend: str,
+        model: str,
+        report: Generation,
+        outcome: str,
+        workspace: str,
+        request_id: str | None = None,
+    ) -> Entry:
+        """The entry of one streamed generation, as its report describes it."""
+        usage = report.usage
+        return cls(
+            task=task,
+            backend=backend,
+            model=model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            estimated=usage.estimated,
+            first_token_ms=None if report.first_token_s is None else report.first_token_s * 1000,
+            total_ms=report.total_s * 1000,
+            outcome=outcome,
+            workspace=workspace,
+            request_id=request_id or uuid.uuid4().hex,
+        )
 
 
 @dataclass
@@ -219,6 +250,10 @@ class Ledger:
         self._thread = threading.Thread(target=self._run, name="tandem-ledger", daemon=True)
         self._thread.start()
         atexit.register(self.close)
+
+    def use_prices(self, prices: Prices) -> None:
+        """Price the entries recorded from now on (and reports) with `prices`."""
+        self._prices = prices
 
     @property
     def in_memory(self) -> bool:

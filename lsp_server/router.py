@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from lsp_server.backends import CompletionBackend
-from lsp_server.backends.openai_compat import OpenAICompatBackend
+from lsp_server.backends import Backend
 from lsp_server.budget import BudgetDecision
 from lsp_server.config import Settings
 from lsp_server.ledger import Ledger
@@ -39,8 +38,8 @@ class Router:
     def __init__(
         self,
         settings: Settings,
-        local: CompletionBackend | None,
-        cloud: OpenAICompatBackend | None,
+        local: Backend | None,
+        cloud: Backend | None,
         budget_check: Callable[[str, int, int], BudgetDecision] | None,
         root: str | None,
         *,
@@ -49,6 +48,7 @@ class Router:
     ) -> None:
         self.settings = settings
         self.local = local
+        """What runs commands on this machine (or a team's endpoint)."""
         self.cloud = cloud
         """None when no API key is set."""
         self.budget_check = budget_check
@@ -57,9 +57,9 @@ class Router:
         self.audit = audit
 
     def decide(self, task: str, path: str, prompt_tokens: int, max_tokens: int) -> Route:
-        """The route of one request for `task` on the file at `path`."""
+        """The route of one request for `task` on the file at `path`; completions always run locally."""
         configured = self.settings.route(task)
-        if configured == "local" or (configured == "auto" and task == "completion"):
+        if task == "completion" or configured == "local":
             return self._local(task, path, None, "ok")
         denied = cloud_denied(path, self.root, self.settings.cloud_deny)
         if denied is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -53,10 +54,12 @@ async def start_client(
     editor: str = "visual-studio-code",
     options: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    server: tuple[str, ...] = ("-m", "lsp_server", "serve"),
 ) -> Client:
-    """Start `tandem serve` as a subprocess and initialize it as `editor` would."""
+    """Start `tandem serve` (or another `python` command line, `server`) as a subprocess and initialize it as
+    `editor` would."""
     config = ClientServerConfig(
-        server_command=[sys.executable, "-m", "lsp_server", "serve"],
+        server_command=[sys.executable, *server],
         server_env={**os.environ, "TANDEM_DATA_DIR": str(data_dir), **(env or {})},
         client_factory=_client_factory,
     )
@@ -137,9 +140,10 @@ async def command(client: Client, name: str, *arguments: Any) -> dict[str, Any]:
 
 
 async def until(predicate: Callable[[], Any], timeout_s: float = 60.0) -> None:
-    """Wait until `predicate()` is true; fail the test after `timeout_s`."""
+    """Wait until `predicate()` (awaited when it is a coroutine) is true; fail the test after `timeout_s`."""
     for _ in range(int(timeout_s / 0.02)):
-        if predicate():
+        result = predicate()
+        if await result if inspect.isawaitable(result) else result:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("timed out waiting")

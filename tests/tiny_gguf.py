@@ -30,8 +30,9 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_fim_model(path: Path, seed: int = 0) -> Path:
-    """Write a random-weight llama model (2 layers, 64 wide) whose vocabulary has FIM markers."""
+def write_tiny_fim_model(path: Path, seed: int = 0, chat_template: str | None = None) -> Path:
+    """Write a random-weight llama model (2 layers, 64 wide) whose vocabulary has FIM markers, and
+    `chat_template` as its `tokenizer.chat_template` when given."""
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab()
 
@@ -60,6 +61,8 @@ def write_tiny_fim_model(path: Path, seed: int = 0) -> Path:
     writer.add_uint32("tokenizer.ggml.fim_pre_token_id", tokens.index("<fim_prefix>"))
     writer.add_uint32("tokenizer.ggml.fim_suf_token_id", tokens.index("<fim_suffix>"))
     writer.add_uint32("tokenizer.ggml.fim_mid_token_id", tokens.index("<fim_middle>"))
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     ones = np.ones(N_EMBD, dtype=np.float32)
     writer.add_tensor("token_embd.weight", matrix(len(tokens), N_EMBD))

@@ -1,11 +1,14 @@
-"""Model backends: one small protocol, one factory."""
+"""Model backends: one small protocol (this module), one factory (`factory.py`)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from lsp_server.completion.prompt import FimTemplate
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,19 @@ class TextPrompt:
     text: str
     max_tokens: int
     stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """Chat messages (`{"role", "content"}`); the backend renders them as its model expects."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+
+
+Prompt = TextPrompt | ChatPrompt
+"""What a backend streams a reply to."""
 
 
 @dataclass
@@ -64,21 +80,47 @@ class BackendError(Exception):
     """A backend cannot serve: the message is meant for the user."""
 
 
-class CompletionBackend(Protocol):
-    """Streams completions for raw prompts."""
+class Backend(Protocol):
+    """A model that streams replies: llama.cpp in this process, or an OpenAI-compatible server.
+
+    A new backend is a module with one class like this and one line in `factory.make_backend`.
+    """
 
     name: str
+    """What the ledger calls it: local, endpoint or cloud."""
     model: str
+    """The model's name, once known."""
+    loads_model: bool
+    """True when `start` loads a model into this process (`tandem.status` counts the loads)."""
+    healthy: bool
+    """False while it cannot serve: its model failed to load, or its server's last request failed."""
+    last_error: str | None
+    failed_at: float | None
+    """`time.monotonic()` of the last failure."""
 
-    def stream(self, prompt: TextPrompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
+    async def start(self) -> None:
+        """Load the model, or learn which model the server serves; BackendError says why it cannot serve."""
+        ...
+
+    async def template(self) -> FimTemplate | None:
+        """The model's fill-in-the-middle template once started; None: it completes prefixes only."""
+        ...
+
+    def status(self) -> dict[str, object]:
+        """Its state for `tandem.status`: loading, ready or error, and what serves."""
+        ...
+
+    def stream(self, prompt: Prompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
         """Yield text chunks until done, a stop string, or `cancel` is set; fill `report`."""
         ...
 
-
-@runtime_checkable
-class Prefills(Protocol):
-    """A backend that can evaluate a prompt ahead of generating from it (its KV cache is its own)."""
-
     def prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
-        """Evaluate `prompt` when idle and decode ahead; `done` hears what was done, on the caller's loop."""
+        """Evaluate `prompt` ahead of its generation when idle; `done` hears what was done, on the caller's loop.
+
+        Only a backend whose KV cache is its own does anything here.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Stop serving and release the model or the connections."""
         ...

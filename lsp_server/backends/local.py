@@ -13,7 +13,8 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lsp_server.backends import Ahead, BackendError, Generation, TextPrompt, Usage
+from lsp_server.backends import Ahead, BackendError, ChatPrompt, Generation, Prompt, TextPrompt, Usage
+from lsp_server.backends.chat_template import ChatTemplate, chat_template_of, render_chat
 from lsp_server.backends.decoding import Decoder
 from lsp_server.completion.prompt import FimTemplate, marker_problems, template_from_gguf
 from lsp_server.config import Settings
@@ -22,6 +23,7 @@ from lsp_server.models import fit
 log = logging.getLogger(__name__)
 
 _DONE = object()
+_CLOSE_WAIT_S = 30.0
 # One load at a time: a second model (the chat role) must see the memory the first one took.
 _LOADING = threading.Lock()
 
@@ -36,6 +38,8 @@ class ModelInfo:
     context_size: int
     gpu_offload: bool
     load_s: float
+    chat: ChatTemplate | None = None
+    """The model's chat template; None: chat is rendered as plain turns."""
 
 
 def embedded_model_path(cache_dir: Path) -> Path:
@@ -60,9 +64,14 @@ class LocalBackend:
     """llama-cpp-python in process; the `Llama` object never leaves the worker thread."""
 
     name = "local"
+    loads_model = True
 
     def __init__(self, settings: Settings, resolve_path: Callable[[], str]) -> None:
         self.model = "(loading)"
+        self.healthy = True
+        self.last_error: str | None = None
+        """Why the model could not load."""
+        self.failed_at: float | None = None
         self._settings = settings
         self._resolve_path = resolve_path
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -70,12 +79,43 @@ class LocalBackend:
         self._loaded: asyncio.Future[ModelInfo] | None = None
         self.loaded: ModelInfo | None = None
         """The model, once loaded."""
-        self.error: str | None = None
-        """Why the model could not load."""
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="tandem-llama", daemon=True)
 
-    def start(self) -> asyncio.Future[ModelInfo]:
-        """Start the worker and load the model in it; the future says how loading went."""
+    async def start(self) -> None:
+        """Start the worker and load the model in it; BackendError says why it could not load."""
+        await self.info()
+
+    async def info(self) -> ModelInfo:
+        """The model once loaded, loading it now if `start` has not; BackendError when it could not load."""
+        if self._loaded is None:
+            self._loaded = self._begin()
+        return await asyncio.shield(self._loaded)
+
+    async def template(self) -> FimTemplate | None:
+        """The loaded model's FIM template (from its GGUF metadata or name); None: prefix-only."""
+        return (await self.info()).template
+
+    def status(self) -> dict[str, object]:
+        """Loading, ready with what was loaded how, or why it could not load."""
+        if self.last_error is not None:
+            return {"state": "error", "error": self.last_error}
+        info = self.loaded
+        if info is None:
+            return {"state": "loading"}
+        return {
+            "state": "ready",
+            "name": info.name,
+            "path": info.path,
+            "fim": info.template.family if info.template else None,
+            "contextSize": info.context_size,
+            "gpuOffload": info.gpu_offload,
+            "loadSeconds": round(info.load_s, 2),
+            "file": Path(info.path).name,
+        }
+
+    def _begin(self) -> asyncio.Future[ModelInfo]:
+        """Start the worker and queue the load; the future says how loading went."""
         loop = asyncio.get_running_loop()
         self._loaded = loop.create_future()
         loaded = self._loaded
@@ -83,7 +123,7 @@ class LocalBackend:
         def settle(info: ModelInfo | None, error: BaseException | None) -> None:
             def set_result() -> None:
                 if error is not None:
-                    self.error = str(error)
+                    self.healthy, self.last_error, self.failed_at = False, str(error), time.monotonic()
                     loaded.set_exception(error)
                 else:
                     assert info is not None
@@ -96,14 +136,17 @@ class LocalBackend:
         self._jobs.put(lambda: self._load(settle))
         return loaded
 
-    async def info(self) -> ModelInfo:
-        """Wait for the model; raises BackendError when it could not load."""
-        assert self._loaded is not None, "start() first"
-        return await asyncio.shield(self._loaded)
-
     def close(self) -> None:
-        """Stop the worker after the job in hand."""
+        """Stop the worker after the job in hand; a later stream ends at once, as if cancelled."""
+        self._closed = True
         self._jobs.put(None)
+
+    async def aclose(self) -> None:
+        """`close`, and wait for the job in hand (a cancelled generation stops within a token, decoding ahead
+        at once): the model must not be freed while the worker is inside llama.cpp (a crash at exit)."""
+        self.close()
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join, _CLOSE_WAIT_S)
 
     # --- worker thread -------------------------------------------------
 
@@ -140,11 +183,11 @@ class LocalBackend:
             settle(None, BackendError(f"model failed to load: {path}: {exc}"))
             return
         name = llm.metadata.get("general.name") or Path(path).stem
-        template = template_from_gguf(
-            llm.metadata,
-            lambda token: llm.detokenize([token], special=True).decode("utf-8", "replace"),
-            Path(path).name,
-        )
+
+        def token_text(token: int) -> str:
+            return str(llm.detokenize([token], special=True).decode("utf-8", "replace"))
+
+        template = template_from_gguf(llm.metadata, token_text, Path(path).name)
         if template is not None:
             for problem in marker_problems(
                 template, lambda text: llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -157,6 +200,7 @@ class LocalBackend:
             context_size=llm.n_ctx(),
             gpu_offload=gpu and n_gpu_layers != 0,
             load_s=time.perf_counter() - started,
+            chat=chat_template_of(llm.metadata, token_text),
         )
         self.model = name
         log.info(
@@ -226,7 +270,7 @@ class LocalBackend:
         """Evaluate a prompt while the engine waits out its debounce, when the worker has nothing else to do,
         then decode its first line ahead until other work arrives: the generation that may follow starts on a
         warm KV cache with its first tokens chosen. `done` hears what was done, on the caller's loop."""
-        if self._decoder is None or not self._jobs.empty():
+        if self._decoder is None or self._closed or not self._jobs.empty():
             return
         loop = asyncio.get_running_loop()
 
@@ -235,11 +279,14 @@ class LocalBackend:
 
         self._jobs.put(lambda: self._prefill(prompt, report))
 
-    async def stream(
-        self, prompt: TextPrompt, cancel: threading.Event, report: Generation
-    ) -> AsyncGenerator[str, None]:
-        """Yield text as the worker generates it; closing the stream cancels the generation."""
-        await self.info()
+    async def stream(self, prompt: Prompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
+        """Yield text as the worker generates it (chat rendered with the model's template); closing the stream
+        cancels the generation."""
+        info = await self.info()
+        if self._closed:  # the worker is gone (a request that met a change of settings): as if cancelled
+            report.cancelled = True
+            return
+        text = render_chat(prompt, info.chat) if isinstance(prompt, ChatPrompt) else prompt
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[object] = asyncio.Queue()
 
@@ -247,7 +294,7 @@ class LocalBackend:
             loop.call_soon_threadsafe(chunks.put_nowait, item)
 
         queued = time.perf_counter()
-        self._jobs.put(lambda: self._generate(prompt, cancel, report, push, queued))
+        self._jobs.put(lambda: self._generate(text, cancel, report, push, queued))
         item: object = None
         try:
             while (item := await chunks.get()) is not _DONE:

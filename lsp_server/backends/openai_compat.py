@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
+from lsp_server.backends import Ahead, BackendError, ChatPrompt, Generation, Prompt, TextPrompt, Usage
+from lsp_server.backends.chat_template import render_chat
+from lsp_server.completion.prompt import FimTemplate, template_from_gguf
 from lsp_server.context import CHARS_PER_TOKEN
 
 T = TypeVar("T")
@@ -34,6 +36,8 @@ _CANCELLED = object()
 class OpenAICompatBackend:
     """Streams chat and raw completions from an OpenAI-compatible server, with retries."""
 
+    loads_model = False
+
     def __init__(
         self,
         *,
@@ -41,9 +45,11 @@ class OpenAICompatBackend:
         base_url: str | None,
         api_key: str | None,
         name: str = "cloud",
+        chat_api: bool = True,
         timeout_s: float = 60.0,
         max_retries: int = 3,
     ) -> None:
+        """`chat_api`: chat goes to `/v1/chat/completions`; False: it is sent as plain turns to `/v1/completions`."""
         self.name = name
         self.model = model
         """The model name; "" until `resolve_model` has asked the server which one it serves."""
@@ -52,6 +58,7 @@ class OpenAICompatBackend:
         self.last_error: str | None = None
         self.failed_at: float | None = None
         """`time.monotonic()` of the last failure."""
+        self._chat_api = chat_api
         self._timeout_s = timeout_s
         self._max_retries = max_retries
         # A team's fleet usually checks no key, the cloud always does; the SDK insists on one.
@@ -67,29 +74,29 @@ class OpenAICompatBackend:
         )
         self.base_url = str(self._client.base_url) if self._client else (base_url or "the cloud")
 
-    def chat(
-        self,
-        messages: list[dict[str, str]],
-        max_tokens: int,
-        cancel: threading.Event,
-        report: Generation,
-    ) -> AsyncGenerator[str, None]:
-        """Stream a chat reply (`/v1/chat/completions`); fill `report`."""
+    async def start(self) -> None:
+        """Learn the model the server serves when none was given."""
+        await self.resolve_model()
 
-        def open_stream(client: openai.AsyncOpenAI) -> Awaitable[Any]:
-            return client.chat.completions.create(
-                model=self.model,
-                messages=cast(list[ChatCompletionMessageParam], messages),
-                max_tokens=max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
+    async def template(self) -> FimTemplate | None:
+        """The FIM template the model's name implies: a server's GGUF metadata is out of reach."""
+        return template_from_gguf({}, lambda token: "", await self.resolve_model())
 
-        prompt_chars = sum(len(m.get("content", "")) for m in messages)
-        return self._stream(open_stream, _chat_text, prompt_chars, cancel, report)
+    def status(self) -> dict[str, object]:
+        """Ready once the model is known, or the last error."""
+        state = "error" if not self.healthy else "ready" if self.model else "loading"
+        return {"state": state, "endpoint": self.base_url, "name": self.model, "error": self.last_error}
 
-    def stream(self, prompt: TextPrompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
-        """Stream a raw completion (`/v1/completions`); fill `report`; closing it closes the HTTP stream."""
+    def prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
+        """Nothing: a server's KV cache is shared, and evaluating ahead would cost a request."""
+
+    def stream(self, prompt: Prompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
+        """Stream a chat reply (`/v1/chat/completions`) or a raw completion (`/v1/completions`); fill `report`;
+        closing it closes the HTTP stream."""
+        if isinstance(prompt, ChatPrompt):
+            if self._chat_api:
+                return self._chat(prompt, cancel, report)
+            prompt = render_chat(prompt, None)
         # A server notices a closed stream at its next token at best (never during prompt evaluation),
         # one behind a proxy that keeps the upstream open not at all: the request bounds what it can cost.
         single_line = "\n" in prompt.stop
@@ -106,6 +113,20 @@ class OpenAICompatBackend:
             )
 
         return self._stream(open_stream, _completion_text, len(prompt.text), cancel, report)
+
+    def _chat(self, prompt: ChatPrompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
+        def open_stream(client: openai.AsyncOpenAI) -> Awaitable[Any]:
+            return client.chat.completions.create(
+                model=self.model,
+                messages=cast(list[ChatCompletionMessageParam], prompt.messages),
+                max_tokens=prompt.max_tokens,
+                stop=list(prompt.stop[:4]) or None,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+
+        prompt_chars = sum(len(m.get("content", "")) for m in prompt.messages)
+        return self._stream(open_stream, _chat_text, prompt_chars, cancel, report)
 
     async def resolve_model(self) -> str:
         """The model name; when none was given, the first one the server lists (`/v1/models`)."""

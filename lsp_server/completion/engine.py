@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import re
 import statistics
@@ -12,12 +11,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from lsp_server.backends import Ahead, BackendError, CompletionBackend, Generation, Prefills, TextPrompt
+from lsp_server.backends import Ahead, Backend, Generation, TextPrompt
 from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess, repeats_nearby
-from lsp_server.completion.prompt import FimTemplate, build_prompt
+from lsp_server.completion.prompt import build_prompt
 from lsp_server.config import Settings
 from lsp_server.ledger import Entry
 
@@ -174,9 +173,6 @@ class Timing:
     """From reading the request to writing its answer, in the server (the LSP layer fills it in)."""
 
 
-_timing: contextvars.ContextVar[Timing] = contextvars.ContextVar("tandem_timing")
-
-
 @dataclass(frozen=True)
 class Context:
     """What post-processing needs to know about the cursor's surroundings."""
@@ -210,22 +206,23 @@ class Context:
 class Engine:
     """Turns inline-completion requests into suggestions, one model generation at a time."""
 
-    def __init__(
-        self,
-        backend: CompletionBackend,
-        settings: Settings,
-        template: Callable[[], Awaitable[FimTemplate | None]],
-        record: Callable[[Entry], None] = lambda entry: None,
-    ) -> None:
+    def __init__(self, backend: Backend, settings: Settings, record: Callable[[Entry], None] = lambda e: None) -> None:
         self.counters = Counters()
         self._backend = backend
         self._settings = settings
-        self._template = template
         self._record = record
         self._slots: dict[str, _Slot] = {}
         self._latencies: deque[float] = deque(maxlen=2000)
-        self.last_timing = Timing()
-        """Stage times of the request answered last (the benchmark's overhead accounting reads it)."""
+
+    def reconfigure(self, settings: Settings, backend: Backend | None = None) -> None:
+        """Serve the next requests with `settings`, and with `backend` when given: running generations then stop
+        and the suggestions kept for typed-ahead hits go (another model wrote them). Counters carry on."""
+        self._settings = settings
+        if backend is not None:
+            self._backend = backend
+            for slot in self._slots.values():
+                slot.supersede()
+                slot.shown = None
 
     async def complete(
         self, req: Request, on_partial: Callable[[str], None] = lambda text: None, timing: Timing | None = None
@@ -244,18 +241,21 @@ class Engine:
         slot.running = _Running(req, answer)
         suggestion = None
         timing = timing or Timing()
-        _timing.set(timing)  # each request runs in its own task, so its own context
         try:
-            suggestion = await self._complete(req, slot, ticket, on_partial, started)
+            suggestion = await self._complete(req, slot, ticket, on_partial, started, timing)
             return suggestion
         finally:
             answer.set_result(suggestion)
             timing.total = (time.perf_counter() - started) * 1000
-            if suggestion is not None:
-                self.last_timing = timing
 
     async def _complete(
-        self, req: Request, slot: _Slot, ticket: int, on_partial: Callable[[str], None], started: float
+        self,
+        req: Request,
+        slot: _Slot,
+        ticket: int,
+        on_partial: Callable[[str], None],
+        started: float,
+        timing: Timing,
     ) -> Suggestion | None:
         if req.selected is not None:
             req = _apply_selected(req)
@@ -266,23 +266,26 @@ class Engine:
             self.counters.skippedRequests += 1
             return None
         ctx = Context.at(req.text, req.cursor, self._settings.multiline)
+        backend = self._backend
         prompt = build_prompt(
-            req.text, req.cursor, await self._template(), self._settings.prompt_tokens, others=req.others
+            req.text, req.cursor, await backend.template(), self._settings.prompt_tokens, others=req.others
         )
+        text_prompt = TextPrompt(prompt.text, self._settings.max_tokens, () if ctx.multiline else ("\n",))
         delay = 0.0 if req.invoked else self._debounce(slot)
-        if delay > 0 and isinstance(self._backend, Prefills):
+        if delay > 0:
             # The model is idle while the debounce runs: evaluate the prompt and decode ahead, so that
             # after the pause the first line is partly or wholly there.
-            self._backend.prefill(self._text_prompt(prompt.text, ctx), self._count_prefill)
+            backend.prefill(text_prompt, self._count_prefill)
         waited = time.perf_counter()
-        timing = _timing.get()
         await asyncio.sleep(delay)
         timing.debounce = (time.perf_counter() - waited) * 1000
         if ticket != slot.seq:
             self.counters.supersededRequests += 1
             return None
         request_id = uuid.uuid4().hex
-        text = await self._generate(prompt.text, ctx, slot, ticket, req, request_id, on_partial)
+        text = await self._generate(
+            backend, text_prompt, ctx, slot, ticket, req.workspace, request_id, on_partial, timing
+        )
         if not text:
             return None
         slot.shown = _Shown(req.text[: req.cursor], req.text[req.cursor :], text, request_id)
@@ -301,10 +304,7 @@ class Engine:
         if latencies:
             percentiles["p50"] = round(statistics.median(latencies), 1)
             percentiles["p95"] = round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1)
-        return {"counters": asdict(self.counters), "latencyMs": percentiles, "lastTiming": asdict(self.last_timing)}
-
-    def _text_prompt(self, text: str, ctx: Context) -> TextPrompt:
-        return TextPrompt(text, self._settings.max_tokens, () if ctx.multiline else ("\n",))
+        return {"counters": asdict(self.counters), "latencyMs": percentiles}
 
     def _count_prefill(self, ahead: Ahead) -> None:
         self.counters.promptTokensEvaluated += ahead.evaluated
@@ -322,77 +322,76 @@ class Engine:
 
     async def _generate(
         self,
-        prompt_text: str,
+        backend: Backend,
+        prompt: TextPrompt,
         ctx: Context,
         slot: _Slot,
         ticket: int,
-        req: Request,
+        workspace: str,
         request_id: str,
         on_partial: Callable[[str], None],
+        timing: Timing,
     ) -> str | None:
-        """Stream one generation, stopping as soon as what will be shown is complete; the cleaned text."""
+        """One generation, streamed then finished; the cleaned text, or None when it was cancelled."""
         cancel = threading.Event()
         slot.cancel = cancel
         report = Generation()
-        timing = _timing.get()
-        raw = text = ""
-        outcome = "ok"
-        cancelled = False
+        text = ""
+        outcome = "error"
         try:
-            stream = self._backend.stream(self._text_prompt(prompt_text, ctx), cancel, report)
-            async with contextlib.aclosing(stream):
-                async for chunk in stream:
-                    raw += chunk
-                    if ticket != slot.seq or ends_in_loop(raw):
-                        break
-                    if "\n" in chunk and self._enough(raw, ctx, on_partial):
-                        break
-            if ctx.multiline and report.usage.completion_tokens >= self._settings.max_tokens and "\n" in raw:
-                raw = raw[: raw.rindex("\n")]  # out of tokens mid-line: show only whole lines
+            raw = await self._stream(backend, prompt, ctx, cancel, report, lambda: ticket != slot.seq, on_partial)
             text = _clean(raw, ctx)
             if report.mean_logprob is not None and report.mean_logprob < _MIN_MEAN_LOGPROB:
                 text = ""
             outcome = "ok" if text else "empty"
         except asyncio.CancelledError:  # $/cancelRequest
-            cancelled = True
-            raise
-        except BackendError:
-            self.counters.errors += 1
-            outcome = "error"
+            outcome = "cancelled"
             raise
         finally:
-            cancelled = cancelled or ticket != slot.seq
-            if cancelled:
+            if ticket != slot.seq:
                 outcome = "cancelled"
             timing.model = report.total_s * 1000
-            if report.usage.prompt_tokens or outcome == "error":  # else it never reached the model
-                self._count_generation(outcome)
-                self.counters.promptTokensEvaluated += report.usage.prompt_tokens - report.usage.cached_tokens
-                self.counters.generatedTokens += report.usage.completion_tokens - report.ahead_tokens
-                self.counters.aheadTokensUsed += report.ahead_tokens
-                self._count_drafts(report.drafted, report.drafts_kept)
-                self._record(
-                    Entry(
-                        task="completion",
-                        backend=self._backend.name,
-                        model=self._backend.model,
-                        prompt_tokens=report.usage.prompt_tokens,
-                        completion_tokens=report.usage.completion_tokens,
-                        cached_tokens=report.usage.cached_tokens,
-                        estimated=report.usage.estimated,
-                        first_token_ms=None if report.first_token_s is None else report.first_token_s * 1000,
-                        total_ms=report.total_s * 1000,
-                        outcome=outcome,
-                        workspace=req.workspace,
-                        request_id=request_id,
-                    )
-                )
-        return None if cancelled else text
+            self._finish(backend, report, outcome, workspace, request_id)
+        return None if outcome == "cancelled" else text
 
-    def _count_generation(self, outcome: str) -> None:
+    async def _stream(
+        self,
+        backend: Backend,
+        prompt: TextPrompt,
+        ctx: Context,
+        cancel: threading.Event,
+        report: Generation,
+        superseded: Callable[[], bool],
+        on_partial: Callable[[str], None],
+    ) -> str:
+        """Stream the raw reply, stopping as soon as what will be shown is complete."""
+        raw = ""
+        stream = backend.stream(prompt, cancel, report)
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                raw += chunk
+                if superseded() or ends_in_loop(raw):
+                    break
+                if "\n" in chunk and self._enough(raw, ctx, on_partial):
+                    break
+        if ctx.multiline and report.usage.completion_tokens >= prompt.max_tokens and "\n" in raw:
+            raw = raw[: raw.rindex("\n")]  # out of tokens mid-line: show only whole lines
+        return raw
+
+    def _finish(self, backend: Backend, report: Generation, outcome: str, workspace: str, request_id: str) -> None:
+        """Count and record a generation that reached the model (or failed)."""
+        if not report.usage.prompt_tokens and outcome != "error":
+            return  # it never reached the model
         self.counters.generations += 1
         if outcome == "cancelled":
             self.counters.cancelledGenerations += 1
+        elif outcome == "error":
+            self.counters.errors += 1
+        self.counters.promptTokensEvaluated += report.usage.prompt_tokens - report.usage.cached_tokens
+        self.counters.generatedTokens += report.usage.completion_tokens - report.ahead_tokens
+        self.counters.aheadTokensUsed += report.ahead_tokens
+        self._count_drafts(report.drafted, report.drafts_kept)
+        self._record(Entry.of("completion", backend.name, backend.model, report, outcome, workspace, request_id))
 
     def _enough(self, raw: str, ctx: Context, on_partial: Callable[[str], None]) -> bool:
         """Show each finished line at once; True when the block (or the single line) is done."""

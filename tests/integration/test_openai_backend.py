@@ -10,7 +10,7 @@ import time
 import pytest
 from loopback import Fault, FaultProxy, free_port
 
-from lsp_server.backends import BackendError, Generation, TextPrompt, Usage
+from lsp_server.backends import BackendError, ChatPrompt, Generation, TextPrompt, Usage
 from lsp_server.backends.openai_compat import OpenAICompatBackend
 from lsp_server.context import CHARS_PER_TOKEN
 
@@ -30,7 +30,7 @@ async def chat(
     b: OpenAICompatBackend, max_tokens: int = 12, cancel: threading.Event | None = None
 ) -> tuple[str, Generation]:
     report = Generation()
-    chunks = [c async for c in b.chat(MESSAGES, max_tokens, cancel or threading.Event(), report)]
+    chunks = [c async for c in b.stream(ChatPrompt(MESSAGES, max_tokens), cancel or threading.Event(), report)]
     return "".join(chunks), report
 
 
@@ -109,7 +109,7 @@ async def test_failures_give_a_clear_error(
     b = backend(proxy.url, **options)
     report = Generation()
     with pytest.raises(BackendError) as info:
-        await anext(b.chat(MESSAGES, 12, threading.Event(), report))
+        await anext(b.stream(ChatPrompt(MESSAGES, 12), threading.Event(), report))
     message = str(info.value)
     # A refused request costs nothing; one the server accepted is estimated (it may be billed).
     accepted = fault.kind in ("malformed", "empty")
@@ -166,7 +166,7 @@ async def test_no_retry_once_text_has_streamed(proxy: FaultProxy, kind: str, exp
     b = backend(proxy.url, max_retries=3, timeout_s=1.0)
     received: list[str] = []
     with pytest.raises(BackendError, match=expected):
-        async for chunk in b.chat(MESSAGES, 32, threading.Event(), Generation()):
+        async for chunk in b.stream(ChatPrompt(MESSAGES, 32), threading.Event(), Generation()):
             received.append(chunk)
     assert received
     assert len(proxy.state.seen) == 1
@@ -177,7 +177,7 @@ async def test_cancel_closes_the_stream_within_one_chunk(proxy: FaultProxy) -> N
     b = backend(proxy.url)
     cancel, report = threading.Event(), Generation()
     received: list[str] = []
-    async for chunk in b.chat(MESSAGES, 64, cancel, report):
+    async for chunk in b.stream(ChatPrompt(MESSAGES, 64), cancel, report):
         received.append(chunk)
         cancel.set()
     assert len(received) == 1  # the stream ended before another chunk was read

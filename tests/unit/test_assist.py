@@ -16,7 +16,6 @@ from lsp_server.assist import (
     build_messages,
     extract_code,
     fit_replacement,
-    messages_to_prompt,
     run_assist,
 )
 from lsp_server.backends.openai_compat import OpenAICompatBackend
@@ -225,11 +224,6 @@ def test_fit_replacement(code: str, text: str, selection: str, expected: str) ->
     assert fit_replacement(code, text, start, start + len(selection)) == expected
 
 
-def test_messages_to_prompt() -> None:
-    prompt = messages_to_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?\n"}])
-    assert prompt == "### System\nBe brief.\n\n### User\nHi?\n\n### Assistant\n"
-
-
 @pytest.fixture
 def cloud_server() -> Iterator[ScriptedServer]:
     server = ScriptedServer()
@@ -264,7 +258,9 @@ def make_router(
         if cloud_server
         else None
     )
-    local = OpenAICompatBackend(model="fleet-coder", base_url=local_server.url, api_key=None, name="endpoint")
+    local = OpenAICompatBackend(
+        model="fleet-coder", base_url=local_server.url, api_key=None, name="endpoint", chat_api=False
+    )
     return Router(
         settings or Settings(),
         local,

@@ -92,7 +92,7 @@ ALL_SETTINGS = Settings(
     monthly_budget_usd=50.5,
     over_budget="refuse",
     prices=(("my-model", 0.5, 1.0),),
-    routes=(("completion", "local"), ("explain", "local"), ("debug", "auto"), ("refactor", "cloud")),
+    routes=(("explain", "local"), ("debug", "auto"), ("refactor", "cloud")),
     cloud_deny=("*.pem", "vault/**"),
 )
 
@@ -128,7 +128,7 @@ def test_every_key_resolves(options: dict[str, Any]) -> None:
         pytest.param({"local": {"modelPath": ""}, "cloud": {"baseUrl": ""}}, {}, id="empty-strings-are-unset"),
         pytest.param({"cloud": {"prices": {}}, "routes": {}}, {}, id="empty-objects"),
         pytest.param({"privacy": {"cloudDeny": []}}, {"cloud_deny": ()}, id="deny-nothing"),
-        pytest.param({"routes": {"completion": "local"}}, {}, id="route-as-default"),
+        pytest.param({"routes": {"completion": "cloud"}}, {}, id="completion-route-of-older-clients-is-ignored"),
         pytest.param(
             {"local": {"modelPth": "x.gguf"}, "editor": {"fontSize": 12}, "server": {"command": ["tandem"]}},
             {},
@@ -214,20 +214,20 @@ def test_payloads(options: dict[str, Any], changed: dict[str, Any]) -> None:
         ),
         pytest.param(
             "routes",
-            {"completion": "gpu"},
-            "expected an object mapping completion, explain, debug, refactor to local, cloud or auto",
+            {"explain": "gpu"},
+            "expected an object mapping explain, debug, refactor to local, cloud or auto",
             id="route-unknown",
         ),
         pytest.param(
             "routes",
             {"review": "cloud"},
-            "expected an object mapping completion, explain, debug, refactor to local, cloud or auto",
+            "expected an object mapping explain, debug, refactor to local, cloud or auto",
             id="task-unknown",
         ),
         pytest.param(
             "routes",
             "cloud",
-            "expected an object mapping completion, explain, debug, refactor to local, cloud or auto",
+            "expected an object mapping explain, debug, refactor to local, cloud or auto",
             id="routes-string",
         ),
         pytest.param("privacy.cloudDeny", "*.env", "expected a list of glob patterns", id="deny-string"),

@@ -3,54 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncGenerator
 
 import pytest
 
-from lsp_server.backends import Generation, TextPrompt, Usage
 from lsp_server.completion.engine import AdaptiveDebounce, Engine, Request, Selected
 from lsp_server.config import Settings
 from tests.conftest import until
-
-
-class ScriptedBackend:
-    """A backend that streams a fixed reply, one chunk per 10 ms, and honours cancellation."""
-
-    name = "local"
-    model = "scripted"
-
-    def __init__(self, reply: str) -> None:
-        self.reply = reply
-        self.prompts: list[str] = []
-        self.sent = 0
-        """Chunks streamed so far, over all generations."""
-
-    async def stream(
-        self, prompt: TextPrompt, cancel: threading.Event, report: Generation
-    ) -> AsyncGenerator[str, None]:
-        self.prompts.append(prompt.text)
-        sent = 0
-        try:
-            for chunk in self.reply.split(" ")[: prompt.max_tokens]:
-                if cancel.is_set():
-                    report.cancelled = True
-                    return
-                await asyncio.sleep(0.01)
-                sent += 1
-                self.sent += 1
-                yield chunk + " "
-        finally:
-            report.usage = Usage(prompt_tokens=len(prompt.text) // 4 or 1, completion_tokens=sent)
-
-
-async def no_template() -> None:
-    return None
+from tests.standin import ScriptedBackend
 
 
 def engine(reply: str, **settings: object) -> tuple[Engine, ScriptedBackend]:
     backend = ScriptedBackend(reply)
-    return Engine(backend, Settings(debounce_ms=0, **settings), no_template), backend  # type: ignore[arg-type]
+    return Engine(backend, Settings(debounce_ms=0, **settings)), backend  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

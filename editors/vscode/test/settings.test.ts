@@ -41,7 +41,7 @@ const SERVER_DEFAULTS: Record<string, unknown> = {
   "cloud.monthlyBudgetUsd": null,
   "cloud.overBudget": "local",
   "cloud.prices": {},
-  routes: { completion: "local", explain: "auto", debug: "auto", refactor: "auto" },
+  routes: { explain: "auto", debug: "auto", refactor: "auto" },
   "privacy.cloudDeny": [".env*", "*.pem", "*.key", "id_rsa*", "secrets.*"],
 };
 

@@ -1,0 +1,227 @@
+"""The application: builds and owns what serves requests, and rebuilds only what a change of settings touches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, Literal
+
+from lsp_server.assist import AssistRequest, AssistResult, run_assist
+from lsp_server.backends import Backend
+from lsp_server.backends.factory import ROLES, Role, backend_key, make_backend
+from lsp_server.budget import Budget
+from lsp_server.completion.engine import Engine, Request, Suggestion, Timing
+from lsp_server.config import Settings, data_dir
+from lsp_server.ledger import Ledger, default_path
+from lsp_server.prices import Prices
+from lsp_server.privacy import AuditLog
+from lsp_server.router import Router
+
+log = logging.getLogger(__name__)
+
+AUDIT_FILE = "cloud-audit.jsonl"
+"""The audit log of cloud requests, in tandem's data directory."""
+_STOP_COMMANDS_S = 5.0
+
+Level = Literal["error", "warning", "info"]
+Report = Callable[[str, Level], None]
+"""Shows a message to the user (once per distinct message) and logs it."""
+BackendFactory = Callable[[Role, Settings], Backend | None]
+Part = Literal["completion", "chat", "cloud", "prices", "budget"]
+"""What a change of settings may rebuild: a backend (by role), the prices, the budget."""
+
+
+def plan(old: Settings, new: Settings) -> frozenset[Part]:
+    """The parts a change from `old` to `new` rebuilds. Everything else is kept; the router, which only reads
+    settings, is rebuilt every time, and the engine takes the new settings."""
+    parts: set[Part] = {role for role in ROLES if backend_key(role, old) != backend_key(role, new)}
+    if (old.prices, old.energy_usd_per_hour) != (new.prices, new.energy_usd_per_hour):
+        parts |= {"prices", "budget"}
+    if (old.daily_budget_usd, old.monthly_budget_usd) != (new.daily_budget_usd, new.monthly_budget_usd):
+        parts.add("budget")
+    return frozenset(parts)
+
+
+class App:
+    """One server process's settings, ledger, prices, budget, audit log, backends, router and engine.
+
+    Made inside the event loop; counters that describe the process (model loads, the engine's) live as long
+    as the app, across changes of settings.
+    """
+
+    def __init__(
+        self, settings: Settings, root: str, report: Report, make_backend: BackendFactory = make_backend
+    ) -> None:
+        self.settings = settings
+        self.root = root
+        """The workspace folder; "" when there is none."""
+        self.model_loads = 0
+        """Models loaded into this process since it started."""
+        self.last_timing = Timing()
+        """Stage times of the last suggestion shown; the LSP layer sets it once the answer is written."""
+        self._report = report
+        self._make_backend = make_backend
+        self._starting: set[asyncio.Task[None]] = set()
+        self._commands: dict[asyncio.Task[Any], threading.Event] = {}
+        """Running explain / debug / refactor commands and their cancel events."""
+        self._reconfiguring = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        folder = data_dir()
+
+        def ledger_problem(message: str) -> None:
+            # the ledger reports from its writer thread; the user is told from the event loop
+            loop.call_soon_threadsafe(report, message, "warning")
+
+        self.prices = _prices(settings)
+        self.ledger = Ledger(default_path(folder), self.prices, on_problem=ledger_problem)
+        self.audit = AuditLog(folder / AUDIT_FILE)
+        self.budget = Budget(self.ledger, self.prices, settings.daily_budget_usd, settings.monthly_budget_usd)
+        self.backends: dict[Role, Backend | None] = {role: self._build(role) for role in ROLES}
+        """The backend of each role; chat None: the completion backend runs commands on this machine too."""
+        self.engine = Engine(self._completion(), settings, self.ledger.record)
+        self.router = self._router()
+
+    async def complete(
+        self, request: Request, path: str, on_partial: Callable[[str], None], timing: Timing
+    ) -> Suggestion | None:
+        """Ghost text for `request` on the file at `path`, or None; BackendError when the model cannot serve."""
+        if not self.settings.enabled:
+            return None
+        if (denied := self.router.endpoint_denied(path)) is not None:
+            self._report(f"{denied} No completions in this file.", "info")
+            return None
+        return await self.engine.complete(request, on_partial, timing)
+
+    async def assist(
+        self, request: AssistRequest, on_chunk: Callable[[str], None], cancel: threading.Event
+    ) -> AssistResult:
+        """Run one explain / debug / refactor command; `cancel` (or closing the app) stops it."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._commands[task] = cancel
+        try:
+            return await run_assist(request, self.router, on_chunk, cancel)
+        finally:
+            del self._commands[task]
+
+    def forget(self, uri: str) -> None:
+        """A document was closed: drop what the engine keeps for it."""
+        self.engine.forget(uri)
+
+    def accepted(self, request_id: str) -> None:
+        """The user accepted the suggestion of `request_id`."""
+        self.ledger.record_acceptance(request_id)
+
+    async def usage(self) -> dict[str, Any]:
+        """The ledger's totals, as `tandem usage --json` prints them."""
+
+        def report() -> dict[str, Any]:
+            self.ledger.flush()
+            return self.ledger.report()
+
+        return await asyncio.to_thread(report)  # waits on the ledger's writer, never on the event loop
+
+    def status(self) -> dict[str, Any]:
+        """What `tandem.status` answers: counters, latencies, models, settings and backends."""
+        result: dict[str, Any] = self.engine.status()
+        result["lastTiming"] = asdict(self.last_timing)
+        result["model"] = self._completion().status()
+        result["chatModel"] = self._chat().status()
+        result["modelLoads"] = self.model_loads
+        result["settings"] = {
+            "debounceMs": "auto" if self.settings.debounce_ms is None else self.settings.debounce_ms,
+            "multiline": self.settings.multiline,
+        }
+        cloud = self.backends["cloud"]
+        result["backends"] = {
+            "local": result["model"],
+            "cloud": {
+                "configured": cloud is not None,
+                "healthy": cloud is not None and cloud.healthy,
+                "lastError": None if cloud is None else cloud.last_error,
+                "model": self.settings.cloud_model,
+            },
+        }
+        return result
+
+    async def reconfigure(self, settings: Settings) -> frozenset[Part]:
+        """Apply new settings, rebuilding only the parts they change (see `plan`); the parts rebuilt."""
+        async with self._reconfiguring:
+            parts = plan(self.settings, settings)
+            roles = [role for role in ROLES if role in parts]
+            if roles:
+                await self._stop_commands()  # they record what they spent before their backend goes
+            self.settings = settings
+            if "prices" in parts:
+                self.prices = _prices(settings)
+                self.ledger.use_prices(self.prices)
+            if "budget" in parts:
+                self.budget = Budget(self.ledger, self.prices, settings.daily_budget_usd, settings.monthly_budget_usd)
+            retired = [self.backends[role] for role in roles]
+            self.backends.update({role: self._build(role) for role in roles})
+            self.engine.reconfigure(settings, self._completion() if "completion" in roles else None)
+            self.router = self._router()
+            for backend in retired:
+                if backend is not None:
+                    await backend.aclose()
+            log.info("settings changed; rebuilt: %s", ", ".join(sorted(parts)) or "nothing")
+            return parts
+
+    async def aclose(self) -> None:
+        """Stop running commands (they record what they spent), the backends and the ledger."""
+        await self._stop_commands()
+        for task in self._starting:
+            task.cancel()
+        for backend in self.backends.values():
+            if backend is not None:
+                await backend.aclose()
+        self.ledger.close()
+
+    def _build(self, role: Role) -> Backend | None:
+        """The backend of `role` under the current settings, its start (a model load, counted) under way."""
+        backend = self._make_backend(role, self.settings)
+        if backend is not None:
+            self.model_loads += backend.loads_model
+            task = asyncio.ensure_future(backend.start())
+            self._starting.add(task)
+            task.add_done_callback(self._started)
+        return backend
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        self._starting.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._report(str(error), "error")
+
+    def _completion(self) -> Backend:
+        backend = self.backends["completion"]
+        assert backend is not None, "the factory always builds a completion backend"
+        return backend
+
+    def _chat(self) -> Backend:
+        """What runs commands on this machine: the chat model, else the completion backend."""
+        return self.backends["chat"] or self._completion()
+
+    def _router(self) -> Router:
+        return Router(
+            self.settings,
+            self._chat(),
+            self.backends["cloud"],
+            self.budget.check,
+            self.root or None,
+            ledger=self.ledger,
+            audit=self.audit,
+        )
+
+    async def _stop_commands(self) -> None:
+        for cancel in self._commands.values():
+            cancel.set()
+        if self._commands:
+            await asyncio.wait(list(self._commands), timeout=_STOP_COMMANDS_S)
+
+
+def _prices(settings: Settings) -> Prices:
+    overrides = {model: {"input": i, "output": o} for model, i, o in settings.prices}
+    return Prices.load(overrides, energy_usd_per_hour=settings.energy_usd_per_hour)

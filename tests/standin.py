@@ -1,0 +1,61 @@
+"""A stand-in backend with a scripted reply, for tests of the plumbing around models: the engine's rules, the
+application's rebuilding, the LSP layer. What a real model does is tested end to end with a real model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncGenerator, Callable
+
+from lsp_server.backends import Ahead, ChatPrompt, Generation, Prompt, TextPrompt, Usage
+from lsp_server.completion.prompt import FimTemplate
+
+
+class ScriptedBackend:
+    """Streams `reply` a word per chunk, one chunk per 10 ms, honouring cancellation; remembers its prompts."""
+
+    name = "local"
+    loads_model = True
+
+    def __init__(self, reply: str, model: str = "scripted") -> None:
+        self.reply = reply
+        self.model = model
+        self.prompts: list[str] = []
+        self.sent = 0
+        """Chunks streamed so far, over all generations."""
+        self.healthy = True
+        self.last_error: str | None = None
+        self.failed_at: float | None = None
+        self.closed = False
+
+    async def start(self) -> None:
+        """Nothing to load."""
+
+    async def template(self) -> FimTemplate | None:
+        return None
+
+    def status(self) -> dict[str, object]:
+        return {"state": "closed" if self.closed else "ready", "name": self.model}
+
+    def prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
+        """Nothing ahead: the reply is known."""
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    async def stream(self, prompt: Prompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
+        text = json.dumps(prompt.messages) if isinstance(prompt, ChatPrompt) else prompt.text
+        self.prompts.append(text)
+        sent = 0
+        try:
+            for chunk in self.reply.split(" ")[: prompt.max_tokens]:
+                if cancel.is_set():
+                    report.cancelled = True
+                    return
+                await asyncio.sleep(0.01)
+                sent += 1
+                self.sent += 1
+                yield chunk + " "
+        finally:
+            report.usage = Usage(prompt_tokens=len(text) // 4 or 1, completion_tokens=sent)
