@@ -171,8 +171,9 @@ class App:
             return parts
 
     async def aclose(self) -> None:
-        """Stop running commands (they record what they spent), the backends and the ledger."""
+        """Stop running commands and completions (they record what they spent), the backends and the ledger."""
         await self._stop_commands()
+        await self.engine.aclose()
         for task in self._starting:
             task.cancel()
         for backend in self.backends.values():

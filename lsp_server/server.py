@@ -176,6 +176,7 @@ class TandemServer(LanguageServer):
         self.documents: dict[str, Document] = {}
         self.init_options: Mapping[str, Any] | None = None
         self.shutdown_requested = False
+        self._closing: asyncio.Future[None] | None = None
         self._reported: set[str] = set()
         self._ready = asyncio.Event()
 
@@ -193,6 +194,12 @@ class TandemServer(LanguageServer):
             return
         self._reported.add(message)
         self.window_show_message(types.ShowMessageParams(type=_LEVELS[level], message=f"tandem: {message}"))
+
+    async def close_app(self) -> None:
+        """Close the application once, however often asked (`shutdown`, then `exit`)."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self.app.aclose() if self.app is not None else asyncio.sleep(0))
+        await asyncio.shield(self._closing)
 
     def open_app(self, settings: Settings) -> None:
         """Make the application; requests waiting for it go on."""
@@ -253,8 +260,7 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: TandemServer, params: None) -> None:
         ls.shutdown_requested = True
-        if ls.app is not None:
-            await ls.app.aclose()
+        await ls.close_app()
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: TandemServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:

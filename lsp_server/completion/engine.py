@@ -297,6 +297,14 @@ class Engine:
         if slot is not None:
             slot.supersede()
 
+    async def aclose(self, timeout_s: float = 30.0) -> None:
+        """Stop every generation and wait until each has recorded what it spent."""
+        answers = [s.running.answer for s in self._slots.values() if s.running and not s.running.answer.done()]
+        for slot in self._slots.values():
+            slot.supersede()
+        if answers:
+            await asyncio.wait(answers, timeout=timeout_s)
+
     def status(self) -> dict[str, object]:
         """Counters and latency percentiles, as `tandem.status` reports them."""
         latencies = sorted(self._latencies)

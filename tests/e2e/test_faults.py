@@ -16,8 +16,18 @@ import pytest
 from lsprotocol import types
 
 from lsp_server.session import plain
-from tests.conftest import Client, serving
-from tests.e2e.test_completion import LONG_LIST, SOURCE, URI, complete, end_position, inline_params, open_doc, status
+from tests.conftest import Client, serving, start_client, until
+from tests.e2e.test_completion import (
+    LONG_LIST,
+    SOURCE,
+    URI,
+    complete,
+    end_position,
+    inline_params,
+    ledger_rows,
+    open_doc,
+    status,
+)
 
 GGUF_HEADER = b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") * 2
 
@@ -277,14 +287,13 @@ def test_exit_with_work_in_flight_writes_nothing_after_it(tmp_path: Path) -> Non
     inline = {"textDocument": {"uri": URI}, "position": position, "context": {"triggerKind": 1}}
     send({"jsonrpc": "2.0", "id": "long", "method": "textDocument/inlineCompletion", "params": inline})
     read_until(lambda m: m.get("method") == "tandem/ghostText")  # a generation is running
-    send(
-        *(status_request(20_000 + i) for i in range(5)),
-        {"jsonrpc": "2.0", "id": "bye", "method": "shutdown"},
-        {"jsonrpc": "2.0", "method": "exit"},
-        *(status_request(30_000 + i) for i in range(5)),
-    )
+    send(*(status_request(20_000 + i) for i in range(5)), {"jsonrpc": "2.0", "id": "bye", "method": "shutdown"})
+    read_until(lambda m: m.get("id") == "bye")  # as editors do: `exit` once `shutdown` is answered
+    send({"jsonrpc": "2.0", "method": "exit"}, *(status_request(30_000 + i) for i in range(5)))
     _, stderr = server.communicate(timeout=120)
     assert server.returncode == 0
+    [row] = ledger_rows(tmp_path)  # the generation stopped by the shutdown kept its row
+    assert row["outcome"] == "cancelled" and row["completion_tokens"] > 0
     assert b"Traceback" not in stderr and b"Failed to report error" not in stderr, stderr[-3000:].decode()
 
 
@@ -302,3 +311,18 @@ def _read_message(stream: Any) -> dict[str, Any]:
     assert length, "the server closed its output"
     message: dict[str, Any] = json.loads(stream.read(length))
     return message
+
+
+async def test_shutdown_with_a_generation_running_keeps_its_row(editor: str, tmp_path: Path) -> None:
+    """The editor closes while a suggestion is being written: the generation stops and its tokens are recorded."""
+    client = await start_client(tmp_path, editor, {"completion": {"maxTokens": 400, "multiline": "always"}})
+    open_doc(client, LONG_LIST)
+    pending = asyncio.ensure_future(
+        client.text_document_inline_completion_async(inline_params(end_position(LONG_LIST, editor), invoked=True))
+    )
+    await until(lambda: client.ghost_text)  # a generation is running
+    await client.shutdown_session()
+    await client.stop()
+    assert pending.done()  # answered before the server exited, not left waiting
+    [row] = ledger_rows(tmp_path)
+    assert row["outcome"] == "cancelled" and row["completion_tokens"] > 0
