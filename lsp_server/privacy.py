@@ -3,27 +3,39 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import json
 import os
+import posixpath
 import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from fnmatch import fnmatchcase
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 IGNORE_FILE = ".tandemignore"
+# A URI scheme has two letters or more: `C:` starts a Windows path.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 
 
 def cloud_denied(path: str, root: str | None, deny_globs: Sequence[str]) -> str | None:
-    """Why the file at `path` must not go to the cloud, or None when it may."""
-    name = os.path.basename(path)
-    rel = _relative(path, root)
+    """Why the file at `path` must not go to the cloud, or None when it may.
+
+    `path` is a file path (`/`- or `\\`-separated) or, for a buffer that is not a file
+    (`untitled:`, ...), its URI, of which only the file name is matched. Deny rules match without
+    regard to case everywhere: erring toward keeping a file home costs one local fallback, and
+    `KEY.PEM` or `.ENV` on a case-insensitive file system is the file the rule was written for.
+    """
+    file = _file_path(path)
+    parts = _parts(unquote(urlsplit(path).path) if file is None else file)
+    name = parts[-1] if parts else ""
+    rel = None if file is None else _relative(file, root)
     for glob in deny_globs:
-        if fnmatchcase(name, glob) or (rel is not None and fnmatchcase(rel, glob)):
+        pattern = _compiled(glob, cross_dirs=True)
+        if pattern.fullmatch(name) or (rel is not None and pattern.fullmatch(rel)):
             return f"{rel or name} matches the cloud deny pattern {glob!r} (privacy.cloudDeny)"
     if root is None or rel is None:
         return None
@@ -44,13 +56,26 @@ def leaves_machine(url: str) -> bool:
         return True
 
 
+def _file_path(path: str) -> str | None:
+    """The file path `path` names: itself, or a `file:` URI's path; None for another scheme."""
+    scheme = _SCHEME.match(path)
+    if scheme is None:
+        return path
+    return unquote(urlsplit(path).path) if scheme.group(1).lower() == "file" else None
+
+
+def _parts(path: str) -> list[str]:
+    return [part for part in posixpath.normpath(path.replace("\\", "/")).split("/") if part not in ("", ".")]
+
+
 def _relative(path: str, root: str | None) -> str | None:
+    """`path` relative to the workspace `root`, `/`-separated; None outside it."""
     if root is None:
         return None
-    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
-    if rel == os.curdir or rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+    parts, base = _parts(path), _parts(root)
+    if len(parts) <= len(base) or [p.casefold() for p in parts[: len(base)]] != [b.casefold() for b in base]:
         return None
-    return Path(rel).as_posix()
+    return "/".join(parts[len(base) :])
 
 
 def _read_ignore_file(path: Path) -> list[str]:
@@ -73,15 +98,26 @@ def _ignored_by(rel: str, lines: Sequence[str]) -> str | None:
         pattern = line[1:] if negate else line
         body = pattern.rstrip("/")
         dir_only = body != pattern
-        anchored = "/" in body
-        regex = re.compile(("" if anchored else "(?:.*/)?") + _glob_regex(body.lstrip("/")))
+        # A pattern without a slash (but a trailing one) matches at any depth, as in gitignore.
+        glob = body.lstrip("/") if "/" in body else "**/" + body
+        regex = _compiled(glob, cross_dirs=False)
         candidates = dirs if dir_only else [*dirs, rel]
         if any(regex.fullmatch(candidate) for candidate in candidates):
             decided = None if negate else line
     return decided
 
 
-def _glob_regex(glob: str) -> str:
+@functools.lru_cache(maxsize=512)
+def _compiled(glob: str, *, cross_dirs: bool) -> re.Pattern[str]:
+    """A glob as a case-insensitive regex; `cross_dirs`: `*` and `?` match `/` too, as in fnmatch."""
+    try:
+        return re.compile(_glob_regex(glob, cross_dirs), re.IGNORECASE)
+    except re.error:  # a bracket no name can match as a set, like [z-a]: take the glob literally
+        return re.compile(re.escape(glob), re.IGNORECASE)
+
+
+def _glob_regex(glob: str, cross_dirs: bool) -> str:
+    """`**/` matches any number of directories, none included; `**` anything."""
     out: list[str] = []
     i = 0
     while i < len(glob):
@@ -92,13 +128,13 @@ def _glob_regex(glob: str) -> str:
             out.append(".*")
             i += 2
         elif glob[i] == "*":
-            out.append("[^/]*")
+            out.append(".*" if cross_dirs else "[^/]*")
             i += 1
         elif glob[i] == "?":
-            out.append("[^/]")
+            out.append("." if cross_dirs else "[^/]")
             i += 1
         elif glob[i] == "[" and (close := glob.find("]", i + 2)) != -1:
-            body = glob[i + 1 : close]
+            body = re.sub(r"([\\\[&~|])", r"\\\1", glob[i + 1 : close])
             out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
             i = close + 1
         else:

@@ -66,6 +66,55 @@ def test_custom_globs_match_the_relative_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "root", "globs", "denied_by"),
+    [
+        pytest.param("/ws/server.pem", "/ws", ["**/*.pem"], "'**/*.pem'", id="double-star-at-the-root"),
+        pytest.param("/ws/a/b/server.pem", "/ws", ["**/*.pem"], "'**/*.pem'", id="double-star-nested"),
+        pytest.param("/ws/config/prod.json", "/ws", ["config/**/*.json"], "'config/**/*.json'", id="zero-dirs"),
+        pytest.param("/ws/KEY.PEM", "/ws", DEFAULT_DENY, "'*.pem'", id="upper-case-pem"),
+        pytest.param("/ws/.ENV", "/ws", DEFAULT_DENY, "'.env*'", id="upper-case-dotenv"),
+        pytest.param("/ws/deploy/Secrets.Yaml", "/ws", DEFAULT_DENY, "'secrets.*'", id="mixed-case-secrets"),
+        pytest.param("/ws/Config/Prod.JSON", "/ws", ["config/*.json"], "'config/*.json'", id="relative-any-case"),
+        pytest.param("C:\\proj\\.ENV", "C:\\proj", DEFAULT_DENY, "'.env*'", id="windows-dotenv"),
+        pytest.param("C:\\proj\\certs\\Server.Pem", "c:\\Proj", DEFAULT_DENY, "'*.pem'", id="windows-pem"),
+        pytest.param(
+            "C:\\proj\\Config\\prod.json", "c:\\Proj", ["config/*.json"], "'config/*.json'", id="windows-relative"
+        ),
+        pytest.param("file:///c%3A/proj/ID_RSA", "c:\\proj", DEFAULT_DENY, "'id_rsa*'", id="windows-file-uri"),
+        pytest.param("untitled:.env", "/ws", DEFAULT_DENY, "'.env*'", id="untitled-dotenv"),
+        pytest.param("untitled:/home/me/KEY.pem", None, DEFAULT_DENY, "'*.pem'", id="untitled-path"),
+        pytest.param("vscode-notebook-cell:/ws/.env.local#W0sZmlsZQ%3D%3D", "/ws", DEFAULT_DENY, "'.env*'", id="cell"),
+        pytest.param("untitled:Untitled-1", "/ws", DEFAULT_DENY, None, id="untitled-ordinary"),
+        pytest.param("C:\\proj\\src\\app.py", "C:\\proj", DEFAULT_DENY, None, id="windows-ordinary"),
+        pytest.param("/ws/src/pem.py", "/ws", ["**/*.pem"], None, id="pem-lookalike"),
+    ],
+)
+def test_deny_globs_match_at_the_root_in_any_case_and_on_buffer_names(
+    path: str, root: str | None, globs: list[str], denied_by: str | None
+) -> None:
+    reason = cloud_denied(path, root, globs)
+    if denied_by is None:
+        assert reason is None
+    else:
+        assert reason is not None and denied_by in reason
+
+
+def test_ignore_file_lines_match_in_any_case(tmp_path: Path) -> None:
+    (tmp_path / ".tandemignore").write_text(IGNORE)
+    assert (
+        cloud_denied(str(tmp_path / "BUILD" / "out.py"), str(tmp_path), [])
+        == "BUILD/out.py is listed in .tandemignore ('build/')"
+    )
+    assert cloud_denied(str(tmp_path / "db" / "DUMP.SQL"), str(tmp_path), [])
+    assert cloud_denied(str(tmp_path / "db" / "Seed.sql"), str(tmp_path), []) is None  # negated in any case too
+
+
+def test_a_bad_bracket_in_a_glob_is_taken_literally(tmp_path: Path) -> None:
+    assert cloud_denied(str(tmp_path / "[z-a].txt"), str(tmp_path), ["[z-a].txt"])
+    assert cloud_denied(str(tmp_path / "b.txt"), str(tmp_path), ["[z-a].txt"]) is None
+
+
+@pytest.mark.parametrize(
     ("url", "leaves"),
     [
         pytest.param("http://127.0.0.1:8080", False, id="loopback-v4"),
