@@ -143,8 +143,44 @@ def _glob_regex(glob: str, cross_dirs: bool) -> str:
     return "".join(out)
 
 
+# Provider tokens: a fixed prefix, then at least as many characters as the provider issues. The
+# prefixes and lengths come from gitleaks' rules (config/gitleaks.toml, gitleaks/gitleaks@b58d3f1):
+# prefix-anchored rules for some two hundred providers, kept current by its maintainers, where
+# detect-secrets has fewer providers and leans on entropy, which would flag the hashes and ids
+# of ordinary code. Lengths are minimums here: a placeholder costs little, a leaked key a lot.
+_TOKENS: tuple[tuple[str, str], ...] = (
+    ("anthropic_key", r"sk-ant-[A-Za-z0-9_-]{20,}"),
+    ("openai_key", r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"),
+    ("stripe_key", r"(?:sk|rk)_live_[0-9A-Za-z]{16,}"),
+    ("github_token", r"(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,}"),
+    ("github_token", r"github_pat_[A-Za-z0-9_]{22,}"),
+    ("gitlab_token", r"(?:glpat|glptt|glrt)-[A-Za-z0-9_-]{20,}"),
+    ("slack_token", r"xox[abposre]-[A-Za-z0-9-]{10,}"),
+    ("slack_token", r"xapp-\d-[A-Za-z0-9]+-\d+-[A-Za-z0-9]+"),
+    ("slack_webhook", r"(?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/]{43,}"),
+    ("huggingface_token", r"(?:hf_|api_org_)[A-Za-z]{34,}"),
+    ("sendgrid_key", r"SG\.[A-Za-z0-9_-]{22,}\.[A-Za-z0-9_-]{43,}"),
+    ("npm_token", r"npm_[A-Za-z0-9]{36,}"),
+    ("pypi_token", r"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}"),
+    ("digitalocean_token", r"do[opr]_v1_[a-f0-9]{64,}"),
+    ("shopify_token", r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32,}"),
+    ("databricks_token", r"dapi[a-f0-9]{32,}"),
+    ("vault_token", r"hv[sb]\.[A-Za-z0-9_-]{90,}"),
+    ("postman_key", r"PMAK-[a-fA-F0-9]{24}-[a-fA-F0-9]{34,}"),
+    ("doppler_token", r"dp\.pt\.[A-Za-z0-9]{43,}"),
+    ("linear_key", r"lin_api_[A-Za-z0-9]{40,}"),
+    ("grafana_token", r"glc_[A-Za-z0-9+/]{32,}={0,3}|glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}"),
+    ("pulumi_token", r"pul-[a-f0-9]{40,}"),
+    ("new_relic_key", r"NRAK-[A-Z0-9]{27,}"),
+    ("dynatrace_token", r"dt0c01\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{64,}"),
+    ("twilio_key", r"SK[0-9a-fA-F]{32,}"),
+    ("square_token", r"(?:EAAA|sq0atp-)[A-Za-z0-9_-]{22,}"),
+    ("age_secret_key", r"AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}"),
+    ("telegram_bot_token", r"\d{5,16}:A[A-Za-z0-9_-]{34,}"),
+)
+_TOKEN_KINDS = frozenset(kind for kind, _ in _TOKENS)
 # Order is priority: a span claimed by an earlier pattern is not matched again by a later one.
-# Each pattern's group "s" is the secret that is replaced.
+# Each pattern's group "s", "dq", "sq" or "u" is the secret that is replaced.
 _KEYWORDS = (
     r"password|passwd|pwd|passphrase|secret|token|api_?key|apikey|access_?key|private_?key"
     r"|credentials?|auth"
@@ -153,17 +189,18 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "private_key",
         re.compile(
-            r"(?P<s>-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+            # PEM keys, and OpenPGP's "-----BEGIN PGP PRIVATE KEY BLOCK-----"
+            r"(?P<s>-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
             # A key cut off by the context window is still a key: redact to the end.
-            r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|[\s\S]*\Z))"
+            r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*\Z))"
         ),
     ),
-    ("anthropic_key", re.compile(r"(?<![\w-])(?P<s>sk-ant-[A-Za-z0-9_-]{20,})")),
-    ("openai_key", re.compile(r"(?<![\w-])(?P<s>sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,})")),
-    ("stripe_key", re.compile(r"(?<![\w-])(?P<s>(?:sk|rk)_live_[0-9A-Za-z]{16,})")),
+    # No lookbehind for the word boundary (redact() checks it): one would keep the regex engine
+    # from searching for the literal prefix, twenty times slower.
+    *((kind, re.compile(f"(?P<s>{body})")) for kind, body in _TOKENS),
     (
         "aws_access_key",
-        re.compile(r"(?<![A-Za-z0-9])(?P<s>(?:AKIA|ASIA)[0-9A-Z]{16})(?![A-Za-z0-9])"),
+        re.compile(r"(?<![A-Za-z0-9])(?P<s>(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})(?![A-Za-z0-9])"),
     ),
     (
         "aws_secret_key",
@@ -172,17 +209,25 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"(?P<s>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"
         ),
     ),
-    ("github_token", re.compile(r"(?<![\w-])(?P<s>(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,})")),
-    ("github_token", re.compile(r"(?<![\w-])(?P<s>github_pat_[A-Za-z0-9_]{22,})")),
-    ("slack_token", re.compile(r"(?<![\w-])(?P<s>xox[abposr]-[A-Za-z0-9-]{10,})")),
     ("google_api_key", re.compile(r"(?<![\w-])(?P<s>AIza[0-9A-Za-z_-]{35})(?![\w-])")),
+    # Azure storage connection strings, from detect-secrets' AzureStorageKeyDetector (gitleaks has no rule).
+    ("azure_storage_key", re.compile(r"AccountKey=(?P<s>[A-Za-z0-9+/]{86,}==)")),
     (
         "jwt",
         re.compile(r"(?<![\w-])(?P<s>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"),
     ),
     (
+        "auth_header",
+        re.compile(
+            r"(?i:\bbearer\s+|\bauthorization[\"']?\s*[:=]\s*[\"']?(?:basic|token|bearer)\s+)"
+            # a credential, not a word of prose ("Bearer tokens are..."): it holds a digit
+            r"(?=[\w.~+/-]*\d)(?P<s>[\w.~+/-]{8,}=*)"
+        ),
+    ),
+    (
         "connection_string",
-        re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*:(?P<s>[^\s@/'\"]+)@"),
+        # The password runs to the last "@" before the host: a raw "@" in it is common.
+        re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/'\"]*:(?P<s>[^\s/'\"]+)@"),
     ),
     (
         "secret_assignment",
@@ -193,9 +238,23 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"(?:\"(?P<dq>[^\"\n]+)\"|'(?P<sq>[^'\n]+)')"
         ),
     ),
+    (
+        "secret_assignment",
+        # Unquoted values of config files: YAML `POSTGRES_PASSWORD: s3cret`, .env and shell
+        # `export API_TOKEN=abc123` (no space before "=": `password = x` is code).
+        re.compile(
+            rf"^[ \t]*(?:export[ \t]+|-[ \t]+)?(?P<k>[\w.-]*?(?i:{_KEYWORDS}))(?:=|[ \t]*:[ \t]+)"
+            r"(?P<u>[^\s'\"`$#(\[{<&*!|>][^\s]*?)[ \t]*(?:[ \t]#.*)?$",
+            re.MULTILINE,
+        ),
+    ),
 )
 # Values that only name a secret held elsewhere: `${DB_PASS}`, `{password}`, `%(pw)s`, `<your key>`.
 _TEMPLATE = re.compile(r"\$\{[^}]*\}|\{\{?[^}]*\}\}?|%(?:\(\w+\))?[sd]|<[^>]*>")
+# Unquoted values that are code or literals, not secrets: `password=get_password()`,
+# `api_key: cfg.key,` in a struct literal, `token: string;`, YAML's `auth: true`.
+_CODE = re.compile(r".*[(\[].*|.*[,;]|(?i:true|false|null|none|yes|no|~)")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z_.]*")
 _PLACEHOLDER = re.compile(r"<<SECRET_\d+>>")
 
 
@@ -230,18 +289,22 @@ class Redaction:
 
 def redact(text: str, known: Redaction | None = None) -> Redaction:
     """Replace secrets in `text` with stable placeholders, continuing the numbering of `known`."""
-    claimed: list[tuple[int, int, str]] = []
+    claimed: list[tuple[int, int, str]] = []  # sorted, never overlapping
     for kind, pattern in _PATTERNS:
         for match in pattern.finditer(text):
-            group = next(g for g in ("s", "dq", "sq") if g in match.re.groupindex and match.group(g))
+            group = next(g for g in ("s", "dq", "sq", "u") if g in match.re.groupindex and match.group(g))
             start, stop = match.span(group)
             value = match.group(group)
             if _TEMPLATE.fullmatch(value) or _PLACEHOLDER.fullmatch(value):
                 continue
-            if any(start < c_stop and c_start < stop for c_start, c_stop, _ in claimed):
+            if group == "u" and _unquoted_code(match.group("k"), value):
                 continue
-            claimed.append((start, stop, kind))
-    claimed.sort()
+            if kind in _TOKEN_KINDS and start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_-"):
+                continue  # inside a longer word: `risk-assessment-...` holds no `sk-` key
+            i = bisect.bisect(claimed, (start,))
+            if (i > 0 and claimed[i - 1][1] > start) or (i < len(claimed) and claimed[i][0] < stop):
+                continue
+            claimed.insert(i, (start, stop, kind))
 
     placeholders = dict(known.placeholders) if known else {}
     by_value = {v: k for k, v in placeholders.items()}
@@ -264,6 +327,15 @@ def redact(text: str, known: Redaction | None = None) -> Redaction:
         pos = stop
     out.append(text[pos:])
     return Redaction("".join(out), placeholders, kinds, tuple(spans))
+
+
+def _unquoted_code(key: str, value: str) -> bool:
+    """True when an unquoted `key: value` is code or a literal.
+
+    A bare word (`token: str`, `secret=self.secret`) is taken for code unless the key is an
+    environment variable's, upper case: `POSTGRES_PASSWORD: example` sets the password.
+    """
+    return _CODE.fullmatch(value) is not None or (not key.isupper() and _WORD.fullmatch(value) is not None)
 
 
 def restore(text: str, redaction: Redaction) -> str:
