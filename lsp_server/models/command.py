@@ -160,7 +160,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0
     bad = 0
     for file in files:
-        problems = []
+        problems: list[str] = []
         try:
             model = read_gguf(file)
             problems.extend(model.warnings)

@@ -165,8 +165,7 @@ def _parse(r: _Reader, size: int) -> Gguf:
     warnings = []
     if version not in KNOWN_VERSIONS:
         warnings.append(
-            f"GGUF version {version} is newer than this reader knows ({KNOWN_VERSIONS[-1]}); "
-            "what it shows may be wrong"
+            f"GGUF version {version} is newer than this reader knows ({KNOWN_VERSIONS[-1]}); what it shows may be wrong"
         )
     tensor_count, kv_count = r.unpack("Q"), r.unpack("Q")
     metadata: dict[str, Any] = {}
