@@ -83,7 +83,7 @@ def run() -> list[dict[str, Any]]:
             "rows_per_s": None,
         },
         {
-            "case": "writer thread to disk (WAL)",
+            "case": "writer thread to disk",
             "n": written,
             "p50_us": None,
             "p99_us": None,

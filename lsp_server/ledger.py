@@ -34,6 +34,8 @@ REFERENCE_MODEL = "gpt-4o"
 """The cloud model whose prices say what local tokens saved."""
 BUSY_TIMEOUT_S = 5.0
 """How long one write waits for another process holding the ledger's write lock."""
+RETRY_DISK_S = 30.0
+"""How long the ledger keeps rows in memory after the file failed before it tries the file again."""
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -79,6 +81,10 @@ COLUMNS = (
 """The columns `Ledger.rows` yields, in order."""
 
 _INSERT = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS[:-1])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
+_SAVE = (
+    f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    " ON CONFLICT (request_id) DO UPDATE SET accepted = max(accepted, excluded.accepted)"
+)
 _ACCEPT = "UPDATE requests SET accepted = 1 WHERE request_id = ?"
 _GROUPED = """
     SELECT backend, model, task, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),
@@ -243,8 +249,11 @@ class Ledger:
         self._on_problem = on_problem
         self._reported: set[str] = set()
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        """Orders `close` against `record`: a row is queued before the writer stops, or written at once."""
         self._conn: sqlite3.Connection | None = None
         self._in_memory = False
+        self._disk_failed_at = 0.0
         self._moved_aside = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="tandem-ledger", daemon=True)
@@ -261,15 +270,16 @@ class Ledger:
         return self._in_memory
 
     def record(self, entry: Entry) -> None:
-        """Queue a row and return at once (a writer thread owns the connection); prices it here."""
-        if self._closed:
-            _log.warning("ledger closed; request %s not recorded", entry.request_id)
-            return
+        """Queue a row and return at once (a writer thread owns the connection); prices it here.
+
+        After `close` the row is written at once on the caller's thread: a request that finishes
+        while the server shuts down still counts.
+        """
         if entry.backend == "local":
             cost = self._prices.energy_cost(entry.total_ms)
         else:
             cost = self._prices.cost(entry.model, entry.prompt_tokens, entry.completion_tokens, entry.cached_tokens)
-        self._queue.put(
+        self._write(
             (
                 _INSERT,
                 (
@@ -293,8 +303,7 @@ class Ledger:
 
     def record_acceptance(self, request_id: str) -> None:
         """Mark a completion as accepted by the user (the editor ran the item's command)."""
-        if not self._closed:
-            self._queue.put((_ACCEPT, (request_id,)))
+        self._write((_ACCEPT, (request_id,)))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything recorded so far is written; raises TimeoutError after `timeout`."""
@@ -302,12 +311,13 @@ class Ledger:
             self._call(lambda conn: None, timeout)
 
     def close(self) -> None:
-        """Write what is queued and stop the writer thread; later records are dropped."""
-        if self._closed:
-            return
-        self._closed = True
+        """Write what is queued (to the file, if it can be written again) and stop the writer thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         atexit.unregister(self.close)
-        self._queue.put(None)
         # A writer stuck behind another process's lock must not hang shutdown.
         self._thread.join(BUSY_TIMEOUT_S * (_BUSY_RETRIES + 1) + 1)
         if self._thread.is_alive():
@@ -408,12 +418,27 @@ class Ledger:
             "savedUsd": round(saved, 6),
         }
 
+    def _write(self, write: _Write) -> None:
+        with self._lock:
+            if not self._closed:
+                self._queue.put(write)
+                return
+        try:
+            conn = self._open()
+            try:
+                conn.execute(*write)
+            finally:
+                conn.close()
+        except (sqlite3.Error, OSError) as exc:
+            _log.warning("ledger %s closed and its file cannot be written (%s); a row was not recorded", self.path, exc)
+
     def _call(self, fn: Callable[[sqlite3.Connection], _T], timeout: float = _CALL_TIMEOUT_S) -> _T:
         """Run `fn` on the writer thread after everything queued before it."""
-        if self._closed:
-            raise RuntimeError(f"the ledger {self.path} is closed")
         future: Future[_T] = Future()
-        self._queue.put(_Call(fn, future))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"the ledger {self.path} is closed")
+            self._queue.put(_Call(fn, future))
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:  # not the builtin before Python 3.11
@@ -436,6 +461,8 @@ class Ledger:
                 self._commit(writes)
                 writes = []
                 if item is None:
+                    if self._in_memory:
+                        self._to_disk()
                     self._close_connection()
                     return
                 self._serve(item)
@@ -444,6 +471,8 @@ class Ledger:
     def _commit(self, writes: list[_Write]) -> None:
         if not writes:
             return
+        if self._in_memory and time.monotonic() - self._disk_failed_at >= RETRY_DISK_S:
+            self._to_disk()
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
@@ -493,9 +522,16 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            # WAL + NORMAL survives a killed process; only an OS crash may lose the last commits.
-            conn.execute("PRAGMA synchronous = NORMAL")
+            # Nothing memory-mapped: a write to a mapped page of a file made immutable (or on a
+            # file system gone read-only) kills the process with SIGBUS. WAL maps its -shm index,
+            # so the ledger keeps a rollback journal, whose failed write is an error it recovers from.
+            conn.execute("PRAGMA mmap_size = 0")
+            try:
+                conn.execute("PRAGMA journal_mode = DELETE")
+            except sqlite3.OperationalError as exc:
+                if _kind(exc) != "busy":
+                    raise
+                # An older tandem has the file open in WAL mode: it stays so until that one exits.
             migrate(conn)
         except BaseException:
             conn.close()
@@ -534,10 +570,35 @@ class Ledger:
         migrate(memory)
         self._conn = memory
         self._in_memory = True
+        self._disk_failed_at = time.monotonic()
         self._problem(
             "memory",
-            f"tandem cannot write its token ledger {self.path} ({cause}); "
-            "usage is kept in memory from now on and is lost when the server stops.",
+            f"tandem cannot write its token ledger {self.path} ({cause}); usage is kept in memory "
+            "and saved to the file once it can be written again (lost if it cannot by the time the server stops).",
+        )
+
+    def _to_disk(self) -> None:
+        """Go back to the file if it can be written again, saving to it every row kept in memory."""
+        assert self._conn is not None
+        memory = self._conn
+        self._disk_failed_at = time.monotonic()
+        try:
+            disk = self._open()
+        except (sqlite3.Error, OSError):
+            return
+        try:
+            disk.execute("BEGIN IMMEDIATE")
+            disk.executemany(_SAVE, memory.execute(f"SELECT {', '.join(COLUMNS)} FROM requests"))
+            disk.execute("COMMIT")
+        except (sqlite3.Error, OSError):
+            _rollback(disk)
+            disk.close()
+            return
+        memory.close()
+        self._conn = disk
+        self._in_memory = False
+        self._problem(
+            "disk", f"tandem's token ledger {self.path} can be written again; the usage kept in memory is saved."
         )
 
     def _close_connection(self) -> None:

@@ -160,9 +160,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0
     bad = 0
     for file in files:
-        problems = []
+        problems: list[str] = []
         try:
             model = read_gguf(file)
+            problems.extend(model.warnings)
         except GgufError as exc:
             problems.append(str(exc))
             model = None
@@ -217,6 +218,7 @@ def describe(model: Gguf, context_size: int) -> dict[str, Any]:
         "parameters": model.parameters,
         "quantization": model.quantization,
         "fileSize": model.file_size,
+        "warnings": list(model.warnings),
         "contextLength": model.arch("context_length"),
         "layers": model.arch("block_count"),
         "embedding": model.arch("embedding_length"),
@@ -255,6 +257,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     except GgufError as exc:
         print(f"tandem models info: {exc}", file=sys.stderr)
         return 1
+    for warning in model.warnings:
+        print(f"tandem models info: warning: {model.path}: {warning}", file=sys.stderr)
     info = describe(model, args.context or _settings().context_size)
     if args.json:
         print(json.dumps(info, ensure_ascii=False))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,17 @@ FILE_TYPES = {
     19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
     26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
 }  # fmt: skip
+
+# ggml's type_traits: elements per block and bytes per block of each tensor type (ggml.c).
+_BLOCKS = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 40),
+    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
+    16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82),
+    23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2),
+    34: (256, 54), 35: (256, 66), 39: (32, 17),
+}  # fmt: skip
+KNOWN_VERSIONS = (2, 3)
+"""GGUF versions this reader knows the layout of."""
 
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
@@ -76,6 +89,8 @@ class Gguf:
     tensor_bytes: int
     """Bytes of tensor data: what loading the weights takes."""
     file_size: int
+    warnings: tuple[str, ...] = ()
+    """What is wrong with a file that could still be read: truncated tensor data, an unknown version."""
 
     @property
     def architecture(self) -> str:
@@ -115,14 +130,29 @@ def read_gguf(path: str | Path) -> Gguf:
     """Parse the header, metadata and tensor table of `path`; the weights are never read."""
     name = str(path)
     try:
+        mode = os.stat(path).st_mode
+        # Opening a FIFO blocks until a writer comes; a device may never end.
+        if not stat.S_ISREG(mode):
+            raise GgufError(f"{name}: not a regular file ({_file_kind(mode)})")
         with open(path, "rb") as handle:
-            size = Path(path).stat().st_size
+            size = os.fstat(handle.fileno()).st_size
             if size < 24:
                 raise GgufError(f"not a GGUF model file: {name} ({size} bytes)")
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 return _parse(_Reader(data, name), size)
     except OSError as exc:
         raise GgufError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
 def _parse(r: _Reader, size: int) -> Gguf:
@@ -132,20 +162,34 @@ def _parse(r: _Reader, size: int) -> Gguf:
     version = r.unpack("I")
     if version < 2:
         raise GgufError(f"{r.path}: GGUF version {version} is too old; convert the model again")
+    warnings = []
+    if version not in KNOWN_VERSIONS:
+        warnings.append(
+            f"GGUF version {version} is newer than this reader knows ({KNOWN_VERSIONS[-1]}); what it shows may be wrong"
+        )
     tensor_count, kv_count = r.unpack("Q"), r.unpack("Q")
     metadata: dict[str, Any] = {}
     for _ in range(kv_count):
         key = r.string()
         metadata[key] = r.value(r.unpack("I"))
     parameters = 0
+    data_end = 0  # how far into the data section the tensors reach, counting those of known types
     for _ in range(tensor_count):
         r.string()
         dims = [r.unpack("Q") for _ in range(r.unpack("I"))]
-        r.unpack("I")  # type
-        r.unpack("Q")  # offset
+        kind = r.unpack("I")
+        offset = r.unpack("Q")
         parameters += math.prod(dims)
+        if kind in _BLOCKS:
+            per_block, block_bytes = _BLOCKS[kind]
+            data_end = max(data_end, offset + math.prod(dims) // per_block * block_bytes)
     alignment = int(metadata.get("general.alignment", 32))
     data_start = -(-r.pos // alignment) * alignment
+    if tensor_count and size < data_start + data_end:
+        warnings.append(
+            f"truncated: its tensors need {data_start + data_end} bytes, the file has {size}; "
+            "download or convert it again"
+        )
     return Gguf(
         path=r.path,
         version=version,
@@ -154,4 +198,5 @@ def _parse(r: _Reader, size: int) -> Gguf:
         parameters=parameters,
         tensor_bytes=max(0, size - data_start),
         file_size=size,
+        warnings=tuple(warnings),
     )

@@ -8,18 +8,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lsp_server.models.cards import load_cards
 from tests.loopback import embedded_model
-from tests.unit.test_gguf_meta import write_metadata_only_gguf
+from tests.tiny_gguf import write_tiny_fim_model
+from tests.unit.test_gguf_meta import cut, write_metadata_only_gguf
 
 REPO = Path(__file__).resolve().parents[2]
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
-def tandem(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def tandem(data_dir: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TANDEM_DATA_DIR": str(data_dir), "TANDEM_MODEL": ""}
     return subprocess.run(
-        [sys.executable, "-m", "lsp_server", "models", *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "lsp_server", "models", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -51,6 +59,37 @@ def test_info_reads_metadata(tmp_path: Path) -> None:
     assert "FIM tokens     pre='<|fim_prefix|>', suf='<|fim_suffix|>', mid='<|fim_middle|>'" in meta.stdout
     missing = tandem(tmp_path, "info", str(tmp_path / "nope.gguf"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+def test_info_refuses_a_fifo_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    run = tandem(tmp_path, "info", str(fifo), timeout=60)  # before the fix: waits for a writer forever
+    assert run.returncode == 1
+    assert f"tandem models info: {fifo}: not a regular file (a FIFO)" in run.stderr
+
+
+@pytest.mark.parametrize("damage", ["half", "one-byte", "version-999"])
+def test_info_warns_about_a_damaged_file(tmp_path: Path, damage: str) -> None:
+    path = write_tiny_fim_model(tmp_path / "tiny.gguf")
+    size = path.stat().st_size
+    if damage == "version-999":
+        with path.open("r+b") as handle:
+            handle.seek(4)
+            handle.write((999).to_bytes(4, "little"))
+        expected = "GGUF version 999 is newer than this reader knows"
+    else:
+        kept = size // 2 if damage == "half" else size - 1
+        cut(path, kept)
+        expected = f"truncated: its tensors need {size} bytes, the file has {kept}"
+    run = tandem(tmp_path, "info", str(path))
+    assert run.returncode == 0, run.stderr
+    assert f"tandem models info: warning: {path}: {expected}" in run.stderr
+    assert "name           tiny-fim" in run.stdout  # what could be read is still shown
+    info = json.loads(tandem(tmp_path, "info", "--json", str(path)).stdout)
+    assert [expected in warning for warning in info["warnings"]] == [True]
+    whole = json.loads(tandem(tmp_path, "info", "--json", str(write_tiny_fim_model(tmp_path / "whole.gguf"))).stdout)
+    assert whole["warnings"] == []
 
 
 def test_pull_verify_use_the_embedded_model(tmp_path: Path) -> None:

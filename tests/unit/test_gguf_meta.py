@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import llama_cpp
@@ -47,6 +48,7 @@ def test_embedded_model_metadata() -> None:
     assert model.tensor_count > 100
     assert 0 < model.file_size - model.tensor_bytes < 8 * 2**20  # the header is the rest
     assert model.fim_tokens() == {}
+    assert model.warnings == ()
 
 
 @pytest.mark.parametrize("name", VOCABS)
@@ -57,6 +59,7 @@ def test_vocab_only_metadata(name: str) -> None:
     model = read_gguf(path)
     assert model.parameters == 0
     assert model.tensor_count == 0
+    assert model.warnings == ()  # no tensors: nothing to be cut off
 
 
 def test_fim_tokens_from_metadata(tmp_path: Path) -> None:
@@ -86,6 +89,46 @@ def test_unreadable_files_are_refused(tmp_path: Path, content: bytes, message: s
 def test_missing_file() -> None:
     with pytest.raises(GgufError, match="cannot read"):
         read_gguf("/nonexistent/model.gguf")
+
+
+@pytest.mark.timeout(20)  # opening a FIFO to read would wait for a writer forever
+def test_fifo_and_directory_are_refused_before_opening(tmp_path: Path) -> None:
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(GgufError, match=r"not a regular file \(a FIFO\)"):
+        read_gguf(fifo)
+    with pytest.raises(GgufError, match=r"not a regular file \(a directory\)"):
+        read_gguf(tmp_path)
+
+
+def cut(path: Path, size: int) -> Path:
+    """`path` cut to its first `size` bytes, as an interrupted copy leaves it."""
+    with path.open("r+b") as handle:
+        handle.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("cut_off", ["half", "one-byte"])
+def test_truncated_tensor_data_is_a_warning(tmp_path: Path, cut_off: str) -> None:
+    path = write_tiny_fim_model(tmp_path / "tiny.gguf")
+    whole = path.stat().st_size
+    assert read_gguf(path).warnings == ()
+    kept = whole // 2 if cut_off == "half" else whole - 1
+    model = read_gguf(cut(path, kept))
+    assert model.fim_tokens()  # the header is whole: its metadata still reads
+    assert model.warnings == (
+        f"truncated: its tensors need {whole} bytes, the file has {kept}; download or convert it again",
+    )
+
+
+def test_an_unknown_version_is_a_warning(tmp_path: Path) -> None:
+    path = write_tiny_fim_model(tmp_path / "tiny.gguf")
+    with path.open("r+b") as handle:
+        handle.seek(4)
+        handle.write((999).to_bytes(4, "little"))
+    model = read_gguf(path)
+    assert model.version == 999 and model.architecture == "llama"
+    assert model.warnings == ("GGUF version 999 is newer than this reader knows (3); what it shows may be wrong",)
 
 
 CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% endfor %}"

@@ -269,18 +269,60 @@ def test_close_writes_what_is_queued(tmp_path: Path, prices: Prices) -> None:
     for _ in range(300):
         ledger.record(local())
     ledger.close()
-    ledger.record(local())  # after close: dropped, not raised
     assert query(default_path(tmp_path), "SELECT COUNT(*) FROM requests") == [(300,)]
+
+
+def test_a_request_that_finishes_after_close_is_still_recorded(tmp_path: Path, prices: Prices) -> None:
+    """A completion still running when the server shuts down records its row after close()."""
+    ledger = Ledger(default_path(tmp_path), prices)
+    ledger.record(local(request_id="before"))
+    ledger.close()
+    ledger.record(local(request_id="late"))  # written at once, not raised and not dropped
+    ledger.record_acceptance("late")
+    assert query(default_path(tmp_path), "SELECT request_id, accepted FROM requests") == [("before", 0), ("late", 1)]
+    with pytest.raises(RuntimeError, match="closed"):
+        ledger.report()
 
 
 # --- schema ---------------------------------------------------------------------------------
 
 
-def test_new_file_is_wal_at_the_current_version(open_ledger: OpenLedger, tmp_path: Path) -> None:
+def test_new_file_has_a_rollback_journal_at_the_current_version(open_ledger: OpenLedger, tmp_path: Path) -> None:
     open_ledger().flush()
     path = default_path(tmp_path)
-    assert query(path, "PRAGMA journal_mode") == [("wal",)]
+    # Not WAL: its memory-mapped -shm index is a SIGBUS once the files turn immutable.
+    assert query(path, "PRAGMA journal_mode") == [("delete",)]
     assert query(path, "PRAGMA user_version") == [(len(ledger_module.MIGRATIONS),)]
+
+
+def test_a_wal_ledger_of_an_older_version_is_converted(open_ledger: OpenLedger, tmp_path: Path) -> None:
+    path = default_path(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    ledger_module.migrate(conn)
+    conn.close()
+    ledger = open_ledger(path)
+    ledger.record(cloud())
+    ledger.flush()
+    assert query(path, "PRAGMA journal_mode") == [("delete",)]
+    assert not path.with_name(path.name + "-shm").exists()
+
+
+def test_a_wal_ledger_held_open_by_an_older_tandem_is_shared(open_ledger: OpenLedger, tmp_path: Path) -> None:
+    path = default_path(tmp_path)
+    older = sqlite3.connect(path, isolation_level=None)
+    older.execute("PRAGMA journal_mode = WAL")
+    ledger_module.migrate(older)
+    older.execute("SELECT COUNT(*) FROM requests").fetchall()
+    try:
+        problems: list[str] = []
+        ledger = open_ledger(path, on_problem=problems.append)
+        ledger.record(cloud())
+        ledger.flush(timeout=30)  # waits out the busy conversion, then writes in WAL mode
+        assert not ledger.in_memory and problems == []
+        assert older.execute("SELECT COUNT(*) FROM requests").fetchall() == [(1,)]
+    finally:
+        older.close()
 
 
 def test_opening_a_v0_file_upgrades_it(open_ledger: OpenLedger, tmp_path: Path) -> None:

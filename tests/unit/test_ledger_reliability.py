@@ -86,6 +86,61 @@ print(json.dumps({"problems": problems, "requests": report["totals"][0]["request
                   "inMemory": report["inMemory"]}))
 """
 
+IMMUTABLE = """
+import json, subprocess, sys
+from pathlib import Path
+from lsp_server.ledger import Entry, Ledger
+from lsp_server.prices import Prices
+
+path = Path(sys.argv[1])
+problems = []
+ledger = Ledger(path, Prices.load(), on_problem=problems.append)
+
+def record(rows):
+    for i in rows:
+        ledger.record(Entry("completion", "local", "m", 10, 2, request_id=f"row-{i}"))
+    ledger.flush(timeout=60)
+
+def chattr(flag):
+    files = [str(f) for f in path.parent.iterdir()]
+    subprocess.run(["chattr", flag, *files], check=True)
+    return files
+
+record(range(3))
+print(json.dumps(chattr("+i")), flush=True)  # the parent makes them mutable again if this dies
+record(range(3, 6))
+during = ledger.report()["inMemory"]
+chattr("-i")
+record(range(6, 9))
+ledger.close()
+print(json.dumps({"inMemory": during, "problems": problems}))
+"""
+
+DISK_FREED = """
+import json, resource, signal, sys
+from pathlib import Path
+from lsp_server import ledger as ledger_module
+from lsp_server.ledger import Entry, Ledger
+from lsp_server.prices import Prices
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+problems = []
+ledger = Ledger(Path(sys.argv[1]), Prices.load(), on_problem=problems.append)
+ledger.flush()
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+for i in range(400):
+    ledger.record(Entry("completion", "local", "m", 10, 2, workspace="w" * 300, request_id=f"full-{i}"))
+ledger.flush(timeout=60)
+full = ledger.in_memory
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+ledger_module.RETRY_DISK_S = 0.0  # rather than wait 30 s for the next try
+ledger.record(Entry("completion", "local", "m", 10, 2, request_id="freed"))
+ledger.flush(timeout=60)
+print(json.dumps({"full": full, "inMemory": ledger.in_memory, "problems": problems}))
+ledger.close()
+"""
+
 
 def python(script: str, *args: object, bufsize: int = -1) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
@@ -234,3 +289,54 @@ def test_a_full_disk_keeps_the_history_and_goes_on_in_memory(tmp_path: Path) -> 
     assert result["inMemory"] is True
     assert len(result["problems"]) == 1
     assert "kept in memory" in result["problems"][0]
+
+
+def _chattr_works(folder: Path) -> bool:
+    probe = folder / "probe"
+    probe.write_text("")
+    try:
+        made = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+    subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+    probe.unlink()
+    return made
+
+
+def test_files_made_immutable_mid_session_do_not_kill_the_process(tmp_path: Path) -> None:
+    """Once a WAL ledger's files turned immutable its next write was a SIGBUS (its -shm is memory-mapped)."""
+    if not _chattr_works(tmp_path):
+        pytest.skip("chattr +i needs root on a file system with the immutable flag")
+    path = default_path(tmp_path / "data")
+    child = python(IMMUTABLE, path)
+    assert child.stdout is not None
+    files: list[str] = []
+    try:
+        files = json.loads(child.stdout.readline() or "[]")
+        out, _ = child.communicate(timeout=120)
+    finally:
+        child.kill()
+        if files:
+            subprocess.run(["chattr", "-i", *files], capture_output=True)
+    assert child.returncode == 0  # -7 (SIGBUS) before
+    result = json.loads(out)
+    assert result["inMemory"] is True
+    assert len(result["problems"]) == 2
+    assert "kept in memory" in result["problems"][0]
+    assert "can be written again" in result["problems"][1]
+    assert sorted(request_ids(path)) == [f"row-{i}" for i in range(9)]  # 3 of 9 before
+    assert integrity(path) == "ok"
+
+
+def test_the_ledger_returns_to_the_file_when_it_can_write_again(tmp_path: Path) -> None:
+    path = default_path(tmp_path)
+    child = python(DISK_FREED, path)
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0
+    result = json.loads(out)
+    assert result["full"] is True and result["inMemory"] is False
+    assert "kept in memory" in result["problems"][0]
+    assert "can be written again; the usage kept in memory is saved" in result["problems"][1]
+    ids = set(request_ids(path))
+    assert ids == {f"full-{i}" for i in range(400)} | {"freed"}
+    assert integrity(path) == "ok"

@@ -1,0 +1,149 @@
+"""Bad input and careless use through the real server (issue 20): text no encoder takes, files and
+secrets that must not reach the cloud, a ledger whose files turn immutable mid-session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lsprotocol import types
+
+from lsp_server.ledger import default_path
+from lsp_server.session import plain
+from tests.conftest import REPO, Client, start_client, until
+from tests.e2e.test_completion import inline_params, insert, ledger_rows, open_doc, status
+from tests.loopback import ScriptedServer
+
+LONE_SURROGATE = "# \udc80\ndef f(a):\n    "
+"""A JSON `\\udc80` escape in didOpen: a lone surrogate, which the model's tokenizer cannot encode."""
+OTHER_URI = (REPO / "tandem_other.py").as_uri()
+
+
+async def answered(client: Client, position: types.Position, uri: str) -> list[types.InlineCompletionItem]:
+    """An invoked inline completion's items; the test fails on its timeout if none comes."""
+    params = inline_params(position, invoked=True, uri=uri)
+    result = await client.text_document_inline_completion_async(params)
+    assert isinstance(result, types.InlineCompletionList), result
+    return list(result.items)
+
+
+async def test_a_lone_surrogate_never_stops_completions(client: Client) -> None:
+    uri = (REPO / "tandem_surrogate.py").as_uri()
+    open_doc(client, LONE_SURROGATE, uri)
+    await answered(client, types.Position(2, 4), uri)  # before: the model's worker died, no answer ever
+    insert(client, 2, types.Position(0, 3), "\ud800", uri)  # a didChange may carry one too
+    await answered(client, types.Position(2, 4), uri)
+    open_doc(client, "def add(a, b):\n    return ", OTHER_URI)
+    await answered(client, types.Position(1, 11), OTHER_URI)
+    report = await status(client)
+    assert report["counters"]["generations"] >= 2
+    assert not any("UnicodeEncodeError" in m.message for m in client.messages)
+
+
+@pytest.fixture
+def cloud() -> Iterator[ScriptedServer]:
+    """A cloud stub that records what reaches it."""
+    server = ScriptedServer()
+    yield server
+    server.close()
+
+
+async def explain(client: Client, chunks: list[dict[str, Any]], uri: str, request_id: str) -> dict[str, Any]:
+    """tandem.explain on a whole small document; a local answer is cancelled once it has begun (slow on 2 cores)."""
+    argument = {"uri": uri, "range": {"start": {"line": 0, "character": 0}, "end": {"line": 3, "character": 0}}}
+    params = types.ExecuteCommandParams(command="tandem.explain", arguments=[{**argument, "id": request_id}])
+    pending = asyncio.wrap_future(
+        client.protocol.send_request(types.WORKSPACE_EXECUTE_COMMAND, params, msg_id=request_id)
+    )
+    await until(lambda: pending.done() or any(c["id"] == request_id for c in chunks))
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=request_id))
+    return dict(plain(await asyncio.wait_for(pending, 60)))
+
+
+SECRETS = {
+    "hf": "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",
+    "gitlab": "glpat-PtYgjmUhBel31iEl2hpC",
+    "bearer": "E40o1C6xc4sohdmM0Lm7exG3lCMqXXQ8agOMTNwn",
+    "yaml": "Pg-s3cret!2024",
+    "url": "p@ss@w0rd",
+}
+CONFIG = (
+    f'login(token="{SECRETS["hf"]}")\n'
+    f"git clone https://oauth2:{SECRETS['gitlab']}@gitlab.com/acme/app.git\n"
+    f'curl -H "Authorization: Bearer {SECRETS["bearer"]}" https://api.example.com\n'
+    f"POSTGRES_PASSWORD: {SECRETS['yaml']}\n"
+    f"DATABASE_URL=postgres://app:{SECRETS['url']}@db.internal:5432/app\n"
+)
+
+
+async def test_denied_files_and_secrets_never_reach_the_cloud(tmp_path: Path, cloud: ScriptedServer) -> None:
+    env = {"OPENAI_API_KEY": "sk-test-7c2e9a41b5d84f06a3e1c9b7d2f5a8e4", "OPENAI_BASE_URL": cloud.url}
+    client = await start_client(tmp_path, options={"local": {"contextSize": 256}}, env=env)
+    chunks: list[dict[str, Any]] = []
+    client.feature("tandem/assistChunk")(lambda params: chunks.append(plain(params)))
+    try:
+        config_uri = (REPO / "deploy.sh").as_uri()
+        open_doc(client, CONFIG, config_uri)
+        result = await explain(client, chunks, config_uri, "config")
+        assert result["backend"] == "cloud", result
+        [seen] = cloud.seen
+        sent = json.dumps(seen.body)
+        assert [name for name, secret in SECRETS.items() if secret in sent] == []
+
+        # At the workspace root, in upper case; and a buffer that is no file, by its name.
+        for request_id, uri, pattern in [
+            ("pem", (REPO / "KEY.PEM").as_uri(), "'*.pem'"),
+            ("env", (REPO / ".ENV").as_uri(), "'.env*'"),
+            ("untitled", "untitled:.env", "'.env*'"),
+        ]:
+            open_doc(client, "API_KEY=abc\nDEBUG=1\nPORT=80\n", uri)
+            result = await explain(client, chunks, uri, request_id)
+            assert result["backend"] == "local", result
+            assert f"matches the cloud deny pattern {pattern} (privacy.cloudDeny)" in result["reason"]
+        assert len(cloud.seen) == 1
+    finally:
+        await client.shutdown_session()
+        await client.stop()
+
+
+def _chattr(flag: str, files: list[Path]) -> bool:
+    if shutil.which("chattr") is None:
+        return False
+    return subprocess.run(["chattr", flag, *map(str, files)], capture_output=True).returncode == 0
+
+
+async def test_ledger_files_made_immutable_mid_session(tmp_path: Path) -> None:
+    """Before: the next ledger write after `chattr +i` killed the server with SIGBUS (WAL's mapped -shm)."""
+    client = await start_client(tmp_path)
+    ledger = default_path(tmp_path)
+    files: list[Path] = []
+    try:
+        open_doc(client, "def add(a, b):\n    return ", OTHER_URI)
+        await answered(client, types.Position(1, 11), OTHER_URI)
+        await client.workspace_execute_command_async(types.ExecuteCommandParams(command="tandem.usage"))
+        files = sorted(ledger.parent.glob(ledger.name + "*"))
+        if not _chattr("+i", files):
+            pytest.skip("chattr +i needs root on a file system with the immutable flag")
+        open_doc(client, "def sub(a, b):\n    return ", OTHER_URI)
+        await answered(client, types.Position(1, 11), OTHER_URI)
+        usage = plain(await client.workspace_execute_command_async(types.ExecuteCommandParams(command="tandem.usage")))
+        assert usage["inMemory"] is True
+        await until(lambda: any("kept in memory" in m.message for m in client.messages))
+        _chattr("-i", files)
+        files = []
+        open_doc(client, "def mul(a, b):\n    return ", OTHER_URI)
+        await answered(client, types.Position(1, 11), OTHER_URI)
+        generations = (await status(client))["counters"]["generations"]
+    finally:
+        if files:
+            _chattr("-i", files)
+        await client.shutdown_session()
+        await client.stop()
+    assert generations == 3
+    assert len(ledger_rows(tmp_path)) == 3  # the row kept in memory was saved at shutdown
