@@ -24,7 +24,7 @@ from lsp_server.backends import BackendError
 from lsp_server.commands import AssistArgs, BadArguments, Span, answer, assist_args, assist_request, code_actions
 from lsp_server.completion.engine import Request, Selected, Timing
 from lsp_server.config import Settings, resolve, saved_settings
-from lsp_server.documents import Document, PositionError, apply_change, offset_at, span_at
+from lsp_server.documents import Document, PositionError, span_at
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class TandemProtocol(LanguageServerProtocol):
             super()._handle_request(msg_id, method_name, params)
             return
         doc = self._server.documents.get(uri) if isinstance(uri, str) else None
-        snapshot = None if doc is None else Document(doc.uri, doc.language_id, doc.version, doc.text)
+        snapshot = None if doc is None else doc.snapshot()
         self.pending[msg_id] = _Pending(received, snapshot, cancel)
         super()._handle_request(msg_id, method_name, params)
 
@@ -143,18 +143,15 @@ class TandemProtocol(LanguageServerProtocol):
         if doc is None:
             log.warning("change to a document that is not open: %s", params.text_document.uri)
             return
-        text = doc.text
-        try:
-            for change in params.content_changes:
+        for change in params.content_changes:  # each costs its own size, not the document's
+            try:
                 if isinstance(change, types.TextDocumentContentChangePartial):
-                    start, end = _span(change.range)
-                    text = apply_change(text, change.text, start, end, self._server.encoding)
+                    doc.apply_change(change.text, *_span(change.range), self._server.encoding)
                 else:
-                    text = change.text
-        except PositionError as exc:
-            self._server.report_once(f"bad change to {doc.uri}: {exc}; the document was left as it was")
-            return
-        doc.text, doc.version = text, params.text_document.version
+                    doc.text = change.text
+            except PositionError as exc:  # rejects only itself: the valid changes of the batch apply
+                self._server.report_once(f"bad change to {doc.uri}: {exc}; that change was left out")
+        doc.version = params.text_document.version
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
     def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> None:
@@ -270,7 +267,7 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
         if doc is None:
             raise JsonRpcInvalidParams(f"document is not open: {uri}")
         try:
-            cursor = offset_at(doc.text, pos.line, pos.character, ls.encoding)
+            cursor = doc.offset_at(pos.line, pos.character, ls.encoding)
             selected = _selected(doc.text, params.context.selected_completion_info, ls.encoding)
         except PositionError as exc:
             raise JsonRpcInvalidParams(f"{exc} in {uri}") from exc
