@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a source chec
 
 from lsp_server.backends.local import embedded_model_path
 from lsp_server.config import cache_dir
-from lsp_server.session import Session, now_ms
+from lsp_server.tools.session import Session, now_ms
 from tests.loopback import llama_server
 
 SERVER_THREADS = 2

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lsp_server.completion.engine import Context
-from lsp_server.session import now_ms
+from lsp_server.tools.session import now_ms
 from tests.loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,7 +30,7 @@ from lsp_server.completion.prompt import build_prompt
 from lsp_server.config import Settings, cache_dir
 from lsp_server.ledger import Ledger
 from lsp_server.prices import Prices
-from lsp_server.session import Session, now_ms
+from lsp_server.tools.session import Session, now_ms
 
 SOURCE = inspect.getsource(textwrap)  # real code, not written for this project
 OPENING_CHARS = 4000  # about 1,100 tokens already in the file when typing starts

@@ -22,7 +22,7 @@ from pathlib import Path
 from lsprotocol import types
 
 from benchmarks.peer import rss_bytes
-from lsp_server.session import Session
+from lsp_server.tools.session import Session
 
 ROUND = 40
 """Keystrokes sent at once in a round (they supersede each other; the last one generates)."""

@@ -38,13 +38,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lsp_server.demo import run
+    from lsp_server.tools.demo import run
 
     return run(model=args.model, fast=args.fast)
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from lsp_server import usage
+    from lsp_server.tools import usage
 
     return usage.main(args.rest)
 
@@ -66,7 +66,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from lsp_server import evaluate
+    from lsp_server.tools import evaluate
 
     return evaluate.main(args.rest)
 

@@ -16,7 +16,7 @@ import pytest_asyncio
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
-from lsp_server.session import plain
+from lsp_server.tools.session import plain
 
 if TYPE_CHECKING:
     from tests.loopback import FaultProxy

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from lsprotocol import types
 
-from lsp_server.session import plain
+from lsp_server.tools.session import plain
 from tests.conftest import REPO, Client, command, start_client, until
 from tests.e2e.test_completion import inline_params, ledger_rows, units
 from tests.loopback import Fault, FaultProxy, Script, ScriptedServer, free_port

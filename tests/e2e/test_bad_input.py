@@ -15,7 +15,7 @@ import pytest
 from lsprotocol import types
 
 from lsp_server.ledger import default_path
-from lsp_server.session import plain
+from lsp_server.tools.session import plain
 from tests.conftest import REPO, Client, start_client, until
 from tests.e2e.test_completion import inline_params, insert, ledger_rows, open_doc, status
 from tests.loopback import ScriptedServer

@@ -12,7 +12,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 
 from lsp_server import documents
-from lsp_server.session import plain
+from lsp_server.tools.session import plain
 from tests.conftest import Client, serving, until
 
 SOURCE = '''import os

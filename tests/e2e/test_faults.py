@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from lsprotocol import types
 
-from lsp_server.session import plain
+from lsp_server.tools.session import plain
 from tests.conftest import Client, serving, start_client, until
 from tests.e2e.test_completion import (
     LONG_LIST,

@@ -9,7 +9,7 @@ from typing import Any
 
 from lsprotocol import types
 
-from lsp_server.session import plain
+from lsp_server.tools.session import plain
 from tests.conftest import Client, start_client
 from tests.loopback import embedded_model
 from tests.tiny_gguf import write_tiny_fim_model

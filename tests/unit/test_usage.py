@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lsp_server import usage
 from lsp_server.ledger import COLUMNS, Entry, Ledger, default_path
 from lsp_server.prices import Prices
+from lsp_server.tools import usage
 
 LOCAL = Entry("completion", "local", "gemma-3-270m", 3000, 100, request_id="local-1")
 CLOUD = Entry("explain", "cloud", "gpt-4o", 1000, 200, request_id="cloud-1")

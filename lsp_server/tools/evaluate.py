@@ -232,7 +232,7 @@ def _position(text: str, offset: int) -> types.Position:
 async def ask_server(holes: list[Hole], model: str | None, log: Path, data_dir: Path) -> list[Answer]:
     """Each hole through the real server, as an editor does: didOpen (the file and the siblings it imports),
     an invoked inlineCompletion, didClose."""
-    from lsp_server.session import Session
+    from lsp_server.tools.session import Session
 
     session = Session("file:///eval/unused.py")
     await session.start({"TANDEM_DATA_DIR": str(data_dir), **({"TANDEM_MODEL": model} if model else {})}, log)

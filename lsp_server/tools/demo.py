@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lsp_server.session import Session, now_ms
+from lsp_server.tools.session import Session, now_ms
 
 # What is in the file when it opens, then what the person types: (text, pause after it in seconds).
 OPENING = '''"""A tiny inventory of items and their prices."""
