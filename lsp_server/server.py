@@ -173,7 +173,6 @@ class TandemServer(LanguageServer):
         self.documents: dict[str, Document] = {}
         self.init_options: Mapping[str, Any] | None = None
         self.shutdown_requested = False
-        self._closing: asyncio.Future[None] | None = None
         self._reported: set[str] = set()
         self._ready = asyncio.Event()
 
@@ -192,12 +191,6 @@ class TandemServer(LanguageServer):
         self._reported.add(message)
         self.window_show_message(types.ShowMessageParams(type=_LEVELS[level], message=f"tandem: {message}"))
 
-    async def close_app(self) -> None:
-        """Close the application once, however often asked (`shutdown`, then `exit`)."""
-        if self._closing is None:
-            self._closing = asyncio.ensure_future(self.app.aclose() if self.app is not None else asyncio.sleep(0))
-        await asyncio.shield(self._closing)
-
     def open_app(self, settings: Settings) -> None:
         """Make the application; requests waiting for it go on."""
         self.app = self.make_app(settings, _workspace_root(self), self.report_once)
@@ -214,8 +207,11 @@ class TandemServer(LanguageServer):
         return self.protocol.pending[self.protocol.msg_id]
 
     async def resolve_settings(self, pushed: Mapping[str, Any] | None = None) -> Settings:
-        """initializationOptions, overridden by the client's `tandem` configuration as it is now, resolved."""
-        options = {**(self.init_options or {}), **(pushed or {})}
+        """The settings the client sent last (initializationOptions, or the object a didChangeConfiguration
+        pushed: a setting the user removed is gone), overridden key by key by its `tandem` configuration, resolved."""
+        if pushed is not None:
+            self.init_options = pushed
+        options = dict(self.init_options or {})
         workspace = self.client_capabilities.workspace
         if workspace is not None and workspace.configuration:
             try:
@@ -226,7 +222,7 @@ class TandemServer(LanguageServer):
                 log.warning("workspace/configuration failed: %s", exc)
             else:
                 if pulled and isinstance(pulled[0], Mapping):
-                    options.update(pulled[0])
+                    options = _merged(options, pulled[0])
         settings, problems = resolve(options or None, saved=saved_settings())
         for problem in problems:
             self.report_once(problem, "warning")
@@ -257,7 +253,8 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: TandemServer, params: None) -> None:
         ls.shutdown_requested = True
-        await ls.close_app()
+        if ls.app is not None:
+            await ls.app.aclose()
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: TandemServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
@@ -477,6 +474,16 @@ def _selected(text: str, info: types.SelectedCompletionInfo | None, encoding: st
         return None
     start, end = span_at(text, _pair(info.range.start), _pair(info.range.end), encoding)
     return Selected(start, end, info.text)
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s values, objects merged key by key (a pulled `local` keeps a pushed `local`'s other keys)."""
+    merged = dict(base)
+    for key, value in over.items():
+        old = merged.get(key)
+        both = isinstance(old, Mapping) and isinstance(value, Mapping)
+        merged[key] = _merged(old, value) if both else value  # type: ignore[arg-type]
+    return merged
 
 
 def _span(rng: types.Range) -> Span:

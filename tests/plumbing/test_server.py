@@ -84,3 +84,22 @@ async def test_explain_streams_from_the_local_side_and_says_why(client: Client) 
     assert (result["backend"], result["model"], result["outcome"]) == ("local", "scripted-4096", "ok")
     assert result["text"] == "".join(chunks) == "a + b "
     assert result["reason"] == "No cloud API key is set (OPENAI_API_KEY). Explain runs on the local model."
+
+
+async def test_a_setting_the_user_removed_is_gone(editor: str, tmp_path: Path) -> None:
+    """A pushed didChangeConfiguration object replaces the startup options; a pulled object overrides key by key."""
+    options = {"completion": {"debounceMs": 100, "multiline": "always"}}
+    client = await start_client(tmp_path, editor, options, server=("-m", "tests.plumbing.server"))
+    try:
+        client.set_configuration({"completion": {"multiline": "never"}}, section="tandem")
+        pushed = {"tandem": {"completion": {"maxTokens": 32}}}  # the user removed debounceMs and multiline
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=pushed))
+
+        async def settled() -> bool:
+            return (await command(client, "tandem.status"))["settings"]["multiline"] == "never"
+
+        await until(settled)
+        assert (await command(client, "tandem.status"))["settings"] == {"debounceMs": "auto", "multiline": "never"}
+    finally:
+        await client.shutdown_session()
+        await client.stop()
