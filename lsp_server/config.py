@@ -202,13 +202,13 @@ _WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
 _OBJECT_KEYS = {"routes", "cloud.prices"}
 
 
-def _flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Accept nested objects (`{"local": {"modelPath": …}}`) and dotted keys alike."""
+def flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Wire options as dotted keys, from nested objects (`{"local": {"modelPath": …}}`) and dotted keys alike."""
     flat: dict[str, Any] = {}
     for key, value in options.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and name not in _OBJECT_KEYS:
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{name}."))
         elif name in _OBJECT_KEYS and value == []:
             flat[name] = {}  # Neovim sends an empty Lua table as a JSON list
         else:
@@ -228,10 +228,10 @@ def resolve(
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     problems: list[str] = []
-    _apply(_flatten(saved or {}), values, problems, f"saved setting ({SAVED_SETTINGS})")
+    _apply(flatten(saved or {}), values, problems, f"saved setting ({SAVED_SETTINGS})")
     if env.get("TANDEM_MODEL"):
         values["model_path"] = os.path.expanduser(env["TANDEM_MODEL"])
-    _apply(_flatten(options or {}), values, problems, "tandem setting")
+    _apply(flatten(options or {}), values, problems, "tandem setting")
     return Settings(**values), problems
 
 

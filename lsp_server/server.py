@@ -23,7 +23,7 @@ from lsp_server.assist import AssistRequest, AssistResult
 from lsp_server.backends import BackendError
 from lsp_server.commands import AssistArgs, BadArguments, Span, answer, assist_args, assist_request, code_actions
 from lsp_server.completion.engine import Request, Selected, Timing
-from lsp_server.config import Settings, resolve, saved_settings
+from lsp_server.config import Settings, flatten, resolve, saved_settings
 from lsp_server.documents import Document, PositionError, span_at
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class TandemServer(LanguageServer):
         pushed: a setting the user removed is gone), overridden key by key by its `tandem` configuration, resolved."""
         if pushed is not None:
             self.init_options = pushed
-        options = dict(self.init_options or {})
+        options = flatten(self.init_options or {})
         workspace = self.client_capabilities.workspace
         if workspace is not None and workspace.configuration:
             try:
@@ -222,7 +222,7 @@ class TandemServer(LanguageServer):
                 log.warning("workspace/configuration failed: %s", exc)
             else:
                 if pulled and isinstance(pulled[0], Mapping):
-                    options = _merged(options, pulled[0])
+                    options.update(flatten(pulled[0]))
         settings, problems = resolve(options or None, saved=saved_settings())
         for problem in problems:
             self.report_once(problem, "warning")
@@ -474,16 +474,6 @@ def _selected(text: str, info: types.SelectedCompletionInfo | None, encoding: st
         return None
     start, end = span_at(text, _pair(info.range.start), _pair(info.range.end), encoding)
     return Selected(start, end, info.text)
-
-
-def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with `over`'s values, objects merged key by key (a pulled `local` keeps a pushed `local`'s other keys)."""
-    merged = dict(base)
-    for key, value in over.items():
-        old = merged.get(key)
-        both = isinstance(old, Mapping) and isinstance(value, Mapping)
-        merged[key] = _merged(old, value) if both else value  # type: ignore[arg-type]
-    return merged
 
 
 def _span(rng: types.Range) -> Span:

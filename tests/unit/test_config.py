@@ -40,7 +40,7 @@ def test_every_vscode_server_setting_is_a_key_the_server_knows() -> None:
     section = _vscode_defaults()
     client_only = {f"{group}.{key}" for group in ("server", "refactor", "trace") for key in section.pop(group)}
     assert client_only == {"server.command", "refactor.showDiff", "trace.server"}
-    flat = config._flatten(section)
+    flat = config.flatten(section)
     assert set(flat) == set(config._WIRE)
     assert len(flat) == 21
 
