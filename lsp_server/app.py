@@ -96,14 +96,19 @@ class App:
         return await self.engine.complete(request, on_partial, timing)
 
     async def assist(
-        self, request: AssistRequest, on_chunk: Callable[[str], None], cancel: threading.Event
+        self,
+        request: AssistRequest,
+        on_chunk: Callable[[str], None],
+        cancel: threading.Event,
+        on_notice: Callable[[str], None] | None = None,
     ) -> AssistResult:
-        """Run one explain / debug / refactor command; `cancel` (or closing the app) stops it."""
+        """Run one explain / debug / refactor command; `cancel` (or closing the app) stops it; `on_notice` hears
+        why it runs elsewhere than configured, before the reply."""
         task = asyncio.current_task()
         assert task is not None
         self._commands[task] = cancel
         try:
-            return await run_assist(request, self.router, on_chunk, cancel)
+            return await run_assist(request, self.router, on_chunk, cancel, on_notice)
         finally:
             del self._commands[task]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from lsp_server.backends import Backend, BackendError, ChatPrompt, Generation, Usage
@@ -23,6 +25,14 @@ MAX_TOKENS = {"explain": 800, "debug": 1000, "refactor": 2048}
 """Most tokens generated for one reply, per task."""
 _SELECTION_SHARE = 0.6
 """Of the context budget, the most the selection may take."""
+LOCAL_MAX_TOKENS = {"explain": 256, "debug": 320}
+"""Most tokens of a local model's explanation: a few paragraphs; a small model only repeats itself after that."""
+LOCAL_TIME_S = 60.0
+"""Seconds a local model's explanation may run after its first token (2 cores: about 300 tokens of a 270M model,
+unloaded; a 7B model writes far fewer)."""
+_ECHO_MIN = 12
+"""Characters a line needs before writing it again counts as an echo (shorter ones, such as `return x`, recur in
+honest replies)."""
 
 _SYSTEM = {
     "explain": (
@@ -46,6 +56,22 @@ _ASK = {
     "explain": "Explain the selected code.",
     "debug": "Find the bug in the selected code and how to fix it.",
     "refactor": "Rewrite the selected code.",
+}
+# For a local model, which may be as small as the embedded 270M one: a short instruction it can follow, only the
+# code it is about (surrounding code it echoes back), and the start of its reply written for it (without it a small
+# model continues the prompt instead of answering it). Refactor keeps the full prompt: it needs the code around.
+_LOCAL = {
+    "explain": (
+        "You explain code in plain English, in two to four sentences. Never repeat the code or these instructions.",
+        "Explain what this code does.",
+        "Explanation:\n",
+    ),
+    "debug": (
+        "You find bugs in code. In two to four sentences, say what is wrong and how to fix it. "
+        "Never repeat these instructions.",
+        "Find the bug in this code.",
+        "Bug:\n",
+    ),
 }
 # Fence tags models use for an LSP language id, first one used in prompts.
 _ALIASES = {
@@ -164,6 +190,90 @@ def build_messages(req: AssistRequest, max_context_chars: int = CLOUD_CONTEXT_CH
     ]
 
 
+def build_local_messages(req: AssistRequest, max_context_chars: int) -> list[dict[str, str]]:
+    """Explain or debug `req` for a small local model: its short instruction, the selection (cut to a share of
+    `max_context_chars`), the diagnostics and error output."""
+    system, ask, _ = _LOCAL[req.task]
+    tag = _fence_tag(req.language_id)
+    selection = req.text[req.start : req.end]
+    limit = int(max_context_chars * _SELECTION_SHARE)
+    parts = [f"File: {req.path}\n{_fenced(selection[:limit], tag)}"]
+    if req.diagnostics:
+        parts.append("Diagnostics:\n" + "\n".join(f"- {d[:300]}" for d in req.diagnostics[:10]))
+    if error_text := req.error_text.strip():
+        left = max(0, max_context_chars - min(len(selection), limit)) // 2
+        parts.append(f"Error output:\n{_fenced(error_text[len(error_text) - left :], '')}")
+    if req.instruction.strip():
+        parts.append(f"Question: {req.instruction.strip()}")
+    parts.append(ask)
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+class EchoGuard:
+    """Ends a small model's reply where it starts to echo its prompt or repeat itself: at a line that begins with a
+    line of `echo`, or with one it already wrote, of at least `_ECHO_MIN` characters. Text is held back only while it
+    may still become such a line, and short lines of `echo` (a code fence) until the next line shows what follows."""
+
+    def __init__(self, echo: Iterable[str]) -> None:
+        self.stopped = False
+        """Whether the reply should end: what `feed` returned is all of it."""
+        lines = {line.strip() for line in echo if line.strip()}
+        self._long = {line for line in lines if len(line) >= _ECHO_MIN}  # grows with the reply's own lines
+        self._short = lines - self._long
+        self._held: list[str] = []  # whole lines held back
+        self._line = ""  # the line being written
+        self._shown = 0  # characters of it passed on
+
+    def feed(self, text: str) -> str:
+        """What of the reply, `text` added, can be shown now."""
+        *complete, self._line = (self._line + text).split("\n")
+        shown = [self._end_line(line) for line in complete if not self.stopped]
+        start = self._line.strip()
+        if self.stopped or self._echoes(start):
+            self.stopped = True
+            return "".join(shown)
+        if self._shown or not (self._held or not start or any(e.startswith(start) for e in self._long | self._short)):
+            shown.append(self._line[self._shown :])
+            self._shown = len(self._line)
+        return "".join(shown)
+
+    def flush(self) -> str:
+        """The rest, once the reply has ended by itself."""
+        return "" if self.stopped else "".join(self._held) + self._line[self._shown :]
+
+    def _echoes(self, text: str) -> bool:
+        return any(text.startswith(line) for line in self._long)
+
+    def _end_line(self, line: str) -> str:
+        text, shown, self._shown = line.strip(), line[self._shown :] + "\n", 0
+        if self._echoes(text):
+            self.stopped = True
+            return ""
+        if text in self._short or (not text and self._held):
+            self._held.append(shown)
+            return ""
+        if len(text) >= _ECHO_MIN:
+            self._long.add(text)
+        shown, self._held = "".join(self._held) + shown, []
+        return shown
+
+
+def _echo_lines(task: str, messages: list[dict[str, str]]) -> list[str]:
+    """The lines of the prompt a reply must not repeat: all of them for an explanation; for a fix, which
+    repeats code, the instructions only (lines outside code fences)."""
+    lines = [line for m in messages for line in m["content"].split("\n")]
+    if task == "explain":
+        return lines
+    prose, fence = [], ""
+    for line in lines:
+        match = _OPEN_FENCE.fullmatch(line)
+        if match is not None and (not fence or match.group(1).startswith(fence)):
+            fence = "" if fence else match.group(1)
+        elif not fence:
+            prose.append(line)
+    return prose
+
+
 def extract_code(reply: str, language_id: str | None = None) -> str | None:
     """The reply's code block (the largest, preferring `language_id`'s); None without one."""
     block = _pick_block(reply, language_id)
@@ -214,9 +324,14 @@ def fit_replacement(code: str, text: str, start: int, end: int) -> str:
 
 
 async def run_assist(
-    req: AssistRequest, router: Router, on_chunk: Callable[[str], None], cancel: threading.Event
+    req: AssistRequest,
+    router: Router,
+    on_chunk: Callable[[str], None],
+    cancel: threading.Event,
+    on_notice: Callable[[str], None] | None = None,
 ) -> AssistResult:
-    """Route `req`, stream the reply through `on_chunk`, record it; backend failures are results."""
+    """Route `req`, stream the reply through `on_chunk`, record it; backend failures are results. `on_notice` hears
+    why the route differs from the configured one before the reply starts (the result's `reason` says it again)."""
     max_tokens = MAX_TOKENS.get(req.task, MAX_TOKENS["explain"])
     if req.task == "refactor":
         # The reply repeats the whole selection, rewritten.
@@ -231,6 +346,8 @@ async def run_assist(
     route = await asyncio.to_thread(router.decide, req.task, req.path, _tokens(messages), max_tokens)
     notes: tuple[str, ...] = (route.warning,) if route.warning else ()
     reason, outcome = route.reason, str(route.outcome)
+    if reason and route.backend != "none" and on_notice is not None:
+        on_notice(reason)
 
     reply: _Reply | None = None
     if route.backend == "cloud" and router.cloud is not None:
@@ -240,8 +357,10 @@ async def run_assist(
         reply = await _ask_cloud(router.cloud, router.audit, req.path, prompt, secrets, on_chunk, cancel)
         if reply.error and not reply.parts and not cancel.is_set() and router.local is not None:
             _record(router, req.task, reply, "error")
-            reason = f"The cloud failed: {reply.error}. {req.task.capitalize()} ran on the local model."
+            reason = f"The cloud failed: {reply.error}. {req.task.capitalize()} runs on the local model."
             outcome, reply = "fallback", None
+            if on_notice is not None:
+                on_notice(reason)
     elif route.backend == "none":
         if route.outcome == "over_budget" and router.cloud is not None:
             _record(router, req.task, _Reply(router.cloud.name, router.cloud.model), "over_budget")
@@ -249,6 +368,7 @@ async def run_assist(
         return AssistResult(text, None, "none", "", route.reason, Usage(), route.outcome, notes)
     if reply is None and router.local is not None:
         reply = await _ask_local(router.local, router.settings.context_size, shown, max_tokens, on_chunk, cancel)
+        notes += (reply.cut,) if reply.cut else ()
     if reply is None:
         return AssistResult("No model can serve this request.", None, "none", "", reason, Usage(), "error", notes)
 
@@ -287,23 +407,66 @@ class _Reply:
     report: Generation = dataclasses.field(default_factory=Generation)
     parts: list[str] = dataclasses.field(default_factory=list)
     error: BackendError | None = None
+    cut: str | None = None
+    """Where a cap cut the reply short, for the user."""
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
     async def collect(
-        self, backend: Backend, prompt: ChatPrompt, on_chunk: Callable[[str], None], cancel: threading.Event
+        self,
+        backend: Backend,
+        prompt: ChatPrompt,
+        on_chunk: Callable[[str], None],
+        cancel: threading.Event,
+        guard: EchoGuard | None = None,
+        time_cap_s: float | None = None,
     ) -> _Reply:
-        """Stream `backend`'s reply to `prompt`: the one path for the cloud and the local side."""
+        """Stream `backend`'s reply to `prompt`: the one path for the cloud and the local side. `guard` ends it
+        at an echo, `time_cap_s` after its first chunk; either is an ending, not a cancellation."""
+        stop = _Stop(cancel)
+        first: float | None = None
+
+        def show(text: str) -> None:
+            if text:
+                self.parts.append(text)
+                on_chunk(text)
+
         try:
-            async for chunk in backend.stream(prompt, cancel, self.report):
-                self.parts.append(chunk)
-                on_chunk(chunk)
+            async with contextlib.aclosing(backend.stream(prompt, stop, self.report)) as chunks:
+                async for chunk in chunks:
+                    show(guard.feed(chunk) if guard is not None else chunk)
+                    first = first or time.monotonic()
+                    if guard is not None and guard.stopped:
+                        break
+                    if time_cap_s is not None and time.monotonic() - first > time_cap_s:
+                        self.cut = f"The local model's answer was cut at the {time_cap_s:.0f} s limit."
+                        break
+            if guard is not None:
+                show(guard.flush())
         except BackendError as exc:
             self.error = exc
+        if stop.own and not cancel.is_set():
+            self.report.cancelled = False
         self.model = backend.model  # a local model's name is known once it has loaded
         return self
+
+
+class _Stop(threading.Event):
+    """The event a backend stops at: set by the reply's own ending (an echo, a cap), or by the user's `cancel`."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        super().__init__()
+        self._cancel = cancel
+
+    @property
+    def own(self) -> bool:
+        """Whether the reply ended it."""
+        return super().is_set()
+
+    def is_set(self) -> bool:
+        return super().is_set() or self._cancel.is_set()
 
 
 async def _ask_cloud(
@@ -339,15 +502,24 @@ async def _ask_local(
     on_chunk: Callable[[str], None],
     cancel: threading.Event,
 ) -> _Reply:
-    """The local side, with the prompt and reply cut to its context window."""
-    max_tokens = min(max_tokens, context // 3)
+    """The local side, with the prompt and reply cut to its context window; an explanation capped in length and
+    time, and ended where the model starts echoing its prompt."""
+    max_tokens = min(LOCAL_MAX_TOKENS.get(req.task, max_tokens), context // 3)
     # Code runs about three characters a token; two leaves room for the template and the reply.
     context_chars = min(CLOUD_CONTEXT_CHARS, (context - max_tokens) * 2)
     reply = _Reply(local.name, local.model, max_tokens)
     if too_large := _too_large(req, context_chars):
         reply.error = BackendError(too_large.rstrip("."))
         return reply
-    return await reply.collect(local, ChatPrompt(build_messages(req, context_chars), max_tokens), on_chunk, cancel)
+    if req.task not in _LOCAL:
+        return await reply.collect(local, ChatPrompt(build_messages(req, context_chars), max_tokens), on_chunk, cancel)
+    messages = build_local_messages(req, context_chars)
+    prompt = ChatPrompt(messages, max_tokens, reply_start=_LOCAL[req.task][2])
+    guard = EchoGuard(_echo_lines(req.task, messages))
+    await reply.collect(local, prompt, on_chunk, cancel, guard, LOCAL_TIME_S)
+    if reply.cut is None and reply.report.usage.completion_tokens >= max_tokens:
+        reply.cut = f"The local model's answer was cut at the {max_tokens}-token limit."
+    return reply
 
 
 def _too_large(req: AssistRequest, context_chars: int) -> str | None:

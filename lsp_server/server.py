@@ -379,21 +379,27 @@ async def _assist(ls: TandemServer, task: str, args: Sequence[Any]) -> dict[str,
 async def _streamed(
     ls: TandemServer, app: App, request: AssistRequest, arg: AssistArgs, cancel: threading.Event
 ) -> AssistResult:
-    """The app's answer, its chunks sent as `tandem/assistChunk` and as cancellable work-done progress."""
+    """The app's answer, its chunks sent as `tandem/assistChunk` and as cancellable work-done progress; a notice
+    (why it runs on the local model) shown and sent before them, as a chunk with no text and a `notice`."""
     token: str | None = None
     streamed: list[str] = []
+    chunk = {"id": arg.id, "task": request.task, "uri": arg.uri}
 
     def on_chunk(text: str) -> None:
         streamed.append(text)
-        ls.protocol.notify(ASSIST_CHUNK, {"id": arg.id, "task": request.task, "uri": arg.uri, "text": text})
+        ls.protocol.notify(ASSIST_CHUNK, {**chunk, "text": text})
         if token is not None:
             line = "".join(streamed[-20:]).rstrip().rpartition("\n")[2][-80:]
             ls.work_done_progress.report(token, types.WorkDoneProgressReport(message=line or None))
 
+    def on_notice(notice: str) -> None:
+        ls.report_once(notice, "warning")
+        ls.protocol.notify(ASSIST_CHUNK, {**chunk, "text": "", "notice": notice})
+
     outcome = "failed"
     try:
         token = await _begin_progress(ls, f"tandem: {request.task.capitalize()}", cancel)
-        result = await app.assist(request, on_chunk, cancel)
+        result = await app.assist(request, on_chunk, cancel, on_notice)
         outcome = result.outcome
         return result
     finally:

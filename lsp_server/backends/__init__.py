@@ -39,6 +39,9 @@ class ChatPrompt:
     messages: list[dict[str, str]]
     max_tokens: int
     stop: tuple[str, ...] = ()
+    reply_start: str = ""
+    """Text the reply begins with, written after the template's turn opening and not streamed: it steers a small
+    model into answering rather than continuing the prompt. Backends that take messages, not text, ignore it."""
 
 
 Prompt = TextPrompt | ChatPrompt

@@ -108,6 +108,7 @@ class LocalBackend:
             "name": info.name,
             "path": info.path,
             "fim": info.template.family if info.template else None,
+            "chatTemplate": info.chat.origin if info.chat else None,
             "contextSize": info.context_size,
             "gpuOffload": info.gpu_offload,
             "loadSeconds": round(info.load_s, 2),
@@ -200,7 +201,7 @@ class LocalBackend:
             context_size=llm.n_ctx(),
             gpu_offload=gpu and n_gpu_layers != 0,
             load_s=time.perf_counter() - started,
-            chat=chat_template_of(llm.metadata, token_text),
+            chat=chat_template_of(llm.metadata, token_text, Path(path).name),
         )
         self.model = name
         log.info(

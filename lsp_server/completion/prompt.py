@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from lsp_server.context import CHARS_PER_TOKEN, definitions, enclosing_signatures, imports_above
-from lsp_server.models.cards import load_cards
+from lsp_server.models.cards import flat_name, load_cards
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ _STOP_KEYS = ("eos", "eot", "fim_pad", "fim_rep", "fim_sep")
 
 def _guess_family(names: list[str]) -> FimTemplate | None:
     for name in names:
-        flat = re.sub(r"[^a-z0-9]", "", name.lower())
+        flat = flat_name(name)
         for family, pattern in _NAME_RULES:
             if pattern.search(flat):
                 return FAMILIES[family]

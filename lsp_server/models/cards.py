@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -36,6 +37,18 @@ class Fim:
     """prefix-first (PSM) or suffix-first (SPM) layout."""
     stop: tuple[str, ...]
     """Strings the family emits once the middle is done."""
+    names: tuple[str, ...]
+    """Regular expressions matched against model names lower-cased without punctuation."""
+
+
+@dataclass(frozen=True)
+class Chat:
+    """A family's chat template, for GGUFs without `tokenizer.chat_template`."""
+
+    template: str
+    """Jinja source, as a GGUF carries it (`messages`, `bos_token`, `eos_token`, `add_generation_prompt`)."""
+    stop: tuple[str, ...]
+    """Strings that end the model's turn."""
     names: tuple[str, ...]
     """Regular expressions matched against model names lower-cased without punctuation."""
 
@@ -79,6 +92,8 @@ class Card:
     """Recommended quantizations, the first one the default."""
     fim: Fim | None = None
     """None: no fill-in-the-middle (chat models, the embedded Gemma)."""
+    chat: Chat | None = None
+    """None: the GGUF's own chat template, else plain turns."""
 
     def quant(self, name: str | None = None) -> Quant:
         """The named quantization, or the card's first (recommended) one."""
@@ -128,6 +143,10 @@ def parse_card(text: str, where: str) -> Card:
             stop=_strings(f, "stop", where),
             names=_strings(f, "names", where),
         )
+    chat = None
+    if "chat" in data:
+        c = _field(data, "chat", dict, where)
+        chat = Chat(_field(c, "template", str, where), _strings(c, "stop", where), _strings(c, "names", where))
     quants = []
     for q in data.get("quant", []):
         quant = Quant(
@@ -155,7 +174,22 @@ def parse_card(text: str, where: str) -> Card:
         license=_field(data, "license", str, where),
         quants=tuple(quants),
         fim=fim,
+        chat=chat,
     )
+
+
+def flat_name(name: str) -> str:
+    """A model name as cards' `names` patterns see it: lower-cased, without punctuation."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def chat_card(names: list[str]) -> Card | None:
+    """The first card whose chat `names` match one of `names` (tried in order); None when none does."""
+    for name in names:
+        for card in load_cards():
+            if card.chat is not None and any(re.search(p, flat_name(name)) for p in card.chat.names):
+                return card
+    return None
 
 
 def _is_hex(text: str) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 from lsp_server import config
 from lsp_server.completion.prompt import template_from_gguf
 from lsp_server.models import fit
-from lsp_server.models.cards import Card, CardError, Quant, find_card, load_cards
+from lsp_server.models.cards import Card, CardError, Quant, chat_card, find_card, load_cards
 from lsp_server.models.gguf import Gguf, GgufError, read_gguf
 from lsp_server.models.store import (
     PullError,
@@ -211,6 +211,9 @@ def describe(model: Gguf, context_size: int) -> dict[str, Any]:
     template = template_from_gguf(model.string_metadata(), model.token_text, Path(model.path).name)
     need = fit.estimate(model, context_size)
     chat = model.metadata.get("tokenizer.chat_template")
+    keys = ("general.basename", "general.name", "general.architecture")
+    names = [str(model.metadata[k]) for k in keys if k in model.metadata]
+    card = None if chat else chat_card([*names, Path(model.path).name])
     return {
         "path": model.path,
         "name": model.metadata.get("general.name"),
@@ -233,6 +236,7 @@ def describe(model: Gguf, context_size: int) -> dict[str, Any]:
             "order": "suffix-first" if template.suffix_first else "prefix-first",
         },
         "chatTemplate": chat if isinstance(chat, str) else None,
+        "chatCard": None if card is None else card.name,
         "memory": {
             "contextSize": context_size,
             "weights": need.weights,
@@ -241,6 +245,12 @@ def describe(model: Gguf, context_size: int) -> dict[str, Any]:
             "total": need.total,
         },
     }  # fmt: skip
+
+
+def _chat_line(template: str | None, card: str | None) -> str:
+    if template:
+        return f"{len(template)} characters: {template.strip().splitlines()[0][:60]}"
+    return f"none in the GGUF; the model card {card}'s" if card else "none: plain turns"
 
 
 def _count(n: int) -> str:
@@ -276,7 +286,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("layers", f"{info['layers']}, embedding {info['embedding']}, heads {info['heads']}/{info['kvHeads']} (kv)"),
         ("FIM tokens", ", ".join(f"{k}={v!r}" for k, v in info["fimTokens"].items()) or "none in metadata"),
         ("FIM format", f"{fim['family']} ({fim['order']})" if fim else "none: prefix-only completion"),
-        ("chat template", f"{len(chat)} characters: {chat.strip().splitlines()[0][:60]}" if chat else "none"),
+        ("chat template", _chat_line(chat, info["chatCard"])),
         (
             "memory",
             f"{fit.gib(memory['total'])} at context {memory['contextSize']} (weights {fit.gib(memory['weights'])},"

@@ -66,6 +66,9 @@ async def test_typed_ahead_is_served_without_the_model() -> None:
     rest = await eng.complete(Request("u", text + "ret", len(text) + 3))
     assert rest is not None and rest.text == "urn value" and rest.from_cache
     assert len(backend.prompts) == 1
+    # The hit's time is counted apart from the time of the suggestion the model wrote.
+    status = eng.status()
+    assert (status["latencyMs"]["count"], status["cacheHitLatencyMs"]["count"]) == (1, 1)
     mismatch = await eng.complete(Request("u", text + "x", len(text) + 1))
     assert mismatch is None or not mismatch.from_cache
 
