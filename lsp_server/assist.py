@@ -58,19 +58,22 @@ _ASK = {
     "refactor": "Rewrite the selected code.",
 }
 # For a local model, which may be as small as the embedded 270M one: a short instruction it can follow, only the
-# code it is about (surrounding code it echoes back), and the start of its reply written for it (without it a small
-# model continues the prompt instead of answering it). Refactor keeps the full prompt: it needs the code around.
+# code it is about (surrounding code it echoes back), and the start of its reply written for it: a label, then
+# words the answer begins with (without them a small model continues the prompt instead of answering it).
+# Refactor keeps the full prompt: it needs the code around the selection.
 _LOCAL = {
     "explain": (
         "You explain code in plain English, in two to four sentences. Never repeat the code or these instructions.",
         "Explain what this code does.",
-        "Explanation:\n",
+        "Explanation: ",
+        "This code",
     ),
     "debug": (
         "You find bugs in code. In two to four sentences, say what is wrong and how to fix it. "
         "Never repeat these instructions.",
         "Find the bug in this code.",
-        "Bug:\n",
+        "Answer: ",
+        "The bug is",
     ),
 }
 # Fence tags models use for an LSP language id, first one used in prompts.
@@ -193,7 +196,7 @@ def build_messages(req: AssistRequest, max_context_chars: int = CLOUD_CONTEXT_CH
 def build_local_messages(req: AssistRequest, max_context_chars: int) -> list[dict[str, str]]:
     """Explain or debug `req` for a small local model: its short instruction, the selection (cut to a share of
     `max_context_chars`), the diagnostics and error output."""
-    system, ask, _ = _LOCAL[req.task]
+    system, ask, _, _ = _LOCAL[req.task]
     tag = _fence_tag(req.language_id)
     selection = req.text[req.start : req.end]
     limit = int(max_context_chars * _SELECTION_SHARE)
@@ -205,8 +208,8 @@ def build_local_messages(req: AssistRequest, max_context_chars: int) -> list[dic
         parts.append(f"Error output:\n{_fenced(error_text[len(error_text) - left :], '')}")
     if req.instruction.strip():
         parts.append(f"Question: {req.instruction.strip()}")
-    parts.append(ask)
-    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
+    # The question right under the code: after a blank line the 270M model repeats the prompt instead.
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts) + "\n" + ask}]
 
 
 class EchoGuard:
@@ -214,14 +217,15 @@ class EchoGuard:
     line of `echo`, or with one it already wrote, of at least `_ECHO_MIN` characters. Text is held back only while it
     may still become such a line, and short lines of `echo` (a code fence) until the next line shows what follows."""
 
-    def __init__(self, echo: Iterable[str]) -> None:
+    def __init__(self, echo: Iterable[str], start: str = "") -> None:
+        """`start`: what the reply begins with, written into the prompt: shown with the first text after it."""
         self.stopped = False
         """Whether the reply should end: what `feed` returned is all of it."""
         lines = {line.strip() for line in echo if line.strip()}
         self._long = {line for line in lines if len(line) >= _ECHO_MIN}  # grows with the reply's own lines
         self._short = lines - self._long
         self._held: list[str] = []  # whole lines held back
-        self._line = ""  # the line being written
+        self._line = start  # the line being written
         self._shown = 0  # characters of it passed on
 
     def feed(self, text: str) -> str:
@@ -514,8 +518,9 @@ async def _ask_local(
     if req.task not in _LOCAL:
         return await reply.collect(local, ChatPrompt(build_messages(req, context_chars), max_tokens), on_chunk, cancel)
     messages = build_local_messages(req, context_chars)
-    prompt = ChatPrompt(messages, max_tokens, reply_start=_LOCAL[req.task][2])
-    guard = EchoGuard(_echo_lines(req.task, messages))
+    *_, label, opening = _LOCAL[req.task]
+    prompt = ChatPrompt(messages, max_tokens, reply_start=label + opening)
+    guard = EchoGuard(_echo_lines(req.task, messages), opening)
     await reply.collect(local, prompt, on_chunk, cancel, guard, LOCAL_TIME_S)
     if reply.cut is None and reply.report.usage.completion_tokens >= max_tokens:
         reply.cut = f"The local model's answer was cut at the {max_tokens}-token limit."

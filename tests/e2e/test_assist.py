@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from lsprotocol import types
 
+from lsp_server.assist import LOCAL_MAX_TOKENS
 from lsp_server.tools.session import plain
 from tests.conftest import REPO, Client, command, start_client, until
 from tests.e2e.test_completion import inline_params, ledger_rows, units
@@ -387,6 +389,53 @@ async def test_without_a_key_commands_run_locally_and_say_why(start: Any) -> Non
     assert row["completion_tokens"] > 0 and audit_lines(session) == []
 
 
+INVENTORY = """def total_price(items):
+    total = 0
+    for item in items:
+        total += item.price * item.quantity
+    return total
+
+
+def restock(items, threshold):
+    return [item for item in items if item.quantity < threshold]
+"""
+ECHOES = (
+    "def total_price(items):",
+    "total += item.price * item.quantity",
+    "Explain what this code does",
+    "You explain code",
+    "senior engineer",
+    "File: ",
+    "<start_of_turn>",
+    "<end_of_turn>",
+)
+"""The prompt's code and instructions, old and new: an answer that repeats them is an echo, not an answer."""
+
+
+async def test_the_embedded_model_explains_a_function_and_the_notice_comes_first(start: Any) -> None:
+    session = await start(env={"OPENAI_API_KEY": ""})
+    uri = (REPO / "inventory.py").as_uri()
+    open_doc(session.client, INVENTORY, uri)
+    # The five lines of `total_price` as VS Code selects them: to column 0 of the sixth.
+    argument = {"uri": uri, "range": span((0, 0), (5, 0)), "id": "inv"}
+
+    result = await command(session.client, "tandem.explain", argument)
+
+    reason = "No cloud API key is set (OPENAI_API_KEY). Explain runs on the local model."
+    assert (result["backend"], result["reason"], result["outcome"]) == ("local", reason, "ok")
+    notice, *chunks = [c for c in session.chunks if c["id"] == "inv"]
+    assert (notice["notice"], notice["text"]) == (reason, "")
+    assert chunks and not any("notice" in c for c in chunks)
+    text = result["text"]
+    assert "".join(c["text"] for c in chunks) == text
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    # What the function does, in the answer's own words.
+    assert words & {"total", "sum", "sums", "adds", "calculates", "computes"}, text
+    assert words & {"price", "prices", "cost", "costs"}, text
+    assert not [echo for echo in ECHOES if echo in text], text
+    assert 0 < result["usage"]["completionTokens"] <= LOCAL_MAX_TOKENS["explain"]
+
+
 async def test_a_denied_file_never_reaches_the_cloud(start: Any, proxy: FaultProxy) -> None:
     session = await start(options=FAST_LOCAL, env=cloud_env(proxy.url))
     client = session.client
@@ -449,7 +498,7 @@ async def test_cloud_failures_fall_back_to_the_local_model(
     result = await explain
 
     assert result["backend"] == "local" and result["text"]
-    assert expected in result["reason"] and result["reason"].endswith("Explain ran on the local model.")
+    assert expected in result["reason"] and result["reason"].endswith("Explain runs on the local model.")
     assert KEY not in json.dumps(result) and not any(KEY in m for m in session.shown())
     assert any(expected in m for m in session.shown())
     rows = await spent(session)

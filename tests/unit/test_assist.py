@@ -12,7 +12,10 @@ import pytest
 from loopback import Script, ScriptedServer
 
 from lsp_server.assist import (
+    LOCAL_MAX_TOKENS,
     AssistRequest,
+    EchoGuard,
+    build_local_messages,
     build_messages,
     extract_code,
     fit_replacement,
@@ -224,6 +227,82 @@ def test_fit_replacement(code: str, text: str, selection: str, expected: str) ->
     assert fit_replacement(code, text, start, start + len(selection)) == expected
 
 
+PROMPT = [
+    "You explain code in plain English.",
+    "```python",
+    "def total_price(items):",
+    "    return sum(i.price for i in items)",
+    "```",
+    "Explain what this code does.",
+]
+
+
+@pytest.mark.parametrize(
+    ("reply", "shown", "stopped"),
+    [
+        pytest.param(
+            " sums the prices.\nIt returns a number.\n",
+            "This code sums the prices.\nIt returns a number.\n",
+            False,
+            id="an-answer-passes",
+        ),
+        pytest.param(
+            " sums the prices.\n```python\ndef total_price(items):\n    return sum(",
+            "This code sums the prices.\n",
+            True,
+            id="code-echo-ends-it-with-the-fence-before-it",
+        ),
+        pytest.param(
+            " sums.\nExplain what this code does. mendatanguser\n",
+            "This code sums.\n",
+            True,
+            id="a-line-that-begins-with-the-question",
+        ),
+        pytest.param(
+            " is called by the user.\n This code is called by the user.\nMore",
+            "This code is called by the user.\n",
+            True,
+            id="a-repeated-line",
+        ),
+        pytest.param(
+            " sums.\n```python\ntotal = 0\n```\n",
+            "This code sums.\n```python\ntotal = 0\n```\n",
+            False,
+            id="a-short-prompt-line-followed-by-new-code-is-shown",
+        ),
+        pytest.param("\nYou explain code in plain English.\nIt", "This code\n", True, id="echo-of-the-instructions"),
+    ],
+)
+def test_echo_guard(reply: str, shown: str, stopped: bool) -> None:
+    for size in (1, 3, len(reply)):  # however the model's text arrives in pieces
+        guard = EchoGuard(PROMPT, "This code")
+        out = ""
+        for i in range(0, len(reply), size):
+            out += guard.feed(reply[i : i + size])
+            if guard.stopped:
+                break
+        out += guard.flush()
+        assert (out, guard.stopped) == (shown, stopped), size
+
+
+def test_echo_guard_streams_a_line_once_it_cannot_be_an_echo() -> None:
+    guard = EchoGuard(PROMPT, "This code")
+    assert guard.feed(" sums") == "This code sums"
+    assert guard.feed("\nExplain what") == "\n"  # may become the question: held
+    assert guard.feed(" it is") == "Explain what it is"  # cannot any more
+    assert guard.feed(" for.\n") == " for.\n"
+
+
+def test_local_prompt_is_the_code_and_a_short_question() -> None:
+    req = request("debug", diagnostics=("line 2: error: division by zero",), error_text="ZeroDivisionError")
+    system, user = build_local_messages(req, 4000)
+    assert system["role"] == "system" and "sentences" in system["content"]
+    assert user["content"].startswith("File: store.py\n```python\n" + SELECTION.rstrip("\n") + "\n```")
+    assert "- line 2: error: division by zero" in user["content"] and "ZeroDivisionError" in user["content"]
+    assert user["content"].endswith("```\nFind the bug in this code.")
+    assert "Code before the selection" not in user["content"]
+
+
 @pytest.fixture
 def cloud_server() -> Iterator[ScriptedServer]:
     server = ScriptedServer()
@@ -330,14 +409,17 @@ async def test_cloud_failure_before_text_falls_back_to_local(
     tmp_path: Path, cloud_server: ScriptedServer, local_server: ScriptedServer, ledger: Ledger
 ) -> None:
     cloud_server.scripts.append(Script(status=401))
-    local_server.scripts.append(Script("Local explanation."))
+    local_server.scripts.append(Script(" returns the average."))
     router = make_router(tmp_path, cloud_server, local_server, ledger)
-    result = await run_assist(request(), router, lambda _: None, threading.Event())
+    notices: list[str] = []
+    secret_line = f'API_KEY = "{KEY}"\n'
+    result = await run_assist(request(selection=secret_line), router, lambda _: None, threading.Event(), notices.append)
     assert result.outcome == "fallback" and result.backend == "endpoint" and result.model == "fleet-coder"
-    assert result.text == "Local explanation."
+    assert result.text == "This code returns the average."  # the reply's start written into the prompt, shown
     assert result.reason is not None and "The cloud failed" in result.reason and "(401)" in result.reason
+    assert notices == [result.reason]
     prompt = local_server.seen[0].body["prompt"]
-    assert prompt.startswith("### System\n") and prompt.endswith("### Assistant\n")
+    assert prompt.startswith("### System\n") and prompt.endswith("### Assistant\nExplanation: This code")
     assert KEY in prompt  # the local model sees the code as it is
     assert rows(ledger) == [("explain", "cloud", "error"), ("explain", "endpoint", "fallback")]
 
@@ -400,5 +482,5 @@ async def test_no_key_runs_locally_within_its_context(
     assert result.outcome == "ok" and result.backend == "endpoint"
     assert result.reason is not None and "No cloud API key" in result.reason
     body = local_server.seen[0].body
-    assert body["max_tokens"] == 2048 // 3
+    assert body["max_tokens"] == LOCAL_MAX_TOKENS["explain"]
     assert len(body["prompt"]) < (2048 - 2048 // 3) * 2 + 2000

@@ -64,6 +64,36 @@ def test_chat_template_of_gguf_metadata(metadata: dict[str, str], expected: tupl
     assert (None if template is None else (template.bos, template.eos)) == expected
 
 
+GEMMA = {"general.basename": "gemma-3", "general.name": "Gemma 3 270m", "general.architecture": "gemma3"}
+SPECIAL = {"tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 1}
+
+
+def gemma_token(token: int) -> str:
+    return {1: "<eos>", 2: "<bos>"}[token]
+
+
+def test_without_a_gguf_template_the_model_card_names_gemmas_turns_and_folds_the_system_prompt_in() -> None:
+    template = chat_template_of({**GEMMA, **SPECIAL}, gemma_token, "gemma-3-270m-q4_k_m.gguf")
+    assert template is not None and template.origin == "model card gemma-3-270m"
+    prompt = render_chat(ChatPrompt(MESSAGES, 64, reply_start="Explanation: "), template)
+    # Gemma has no system role: the instruction opens the first user turn (as Google's template writes it).
+    assert prompt.text == ("<start_of_turn>user\nBe brief.\n\nHi?<end_of_turn>\n<start_of_turn>model\nExplanation: ")
+    assert prompt.stop == ("<end_of_turn>", "<start_of_turn>", "<eos>")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "file_name", "origin"),
+    [
+        pytest.param({**GEMMA, **SPECIAL, "tokenizer.chat_template": CHATML}, "g.gguf", "the GGUF", id="gguf-first"),
+        pytest.param(SPECIAL, "gemma-2-2b-it.Q4_K_M.gguf", "model card gemma-3-270m", id="by-file-name"),
+        pytest.param({"general.name": "Qwen2.5 Coder 7B", **SPECIAL}, "q.gguf", None, id="no-card-no-template"),
+    ],
+)
+def test_where_the_chat_template_comes_from(metadata: dict[str, object], file_name: str, origin: str | None) -> None:
+    template = chat_template_of(metadata, gemma_token, file_name)
+    assert (None if template is None else template.origin) == origin
+
+
 @pytest.mark.parametrize(
     ("template", "prompt_tokens"),
     [

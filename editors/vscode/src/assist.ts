@@ -43,6 +43,8 @@ export interface AssistChunk {
   task: string;
   uri: string;
   text: string;
+  /** Why the command runs elsewhere than configured (e.g. on the local model): sent before the reply. */
+  notice?: string;
 }
 
 /** A diagnostic as the debug command passes it on. */
@@ -131,22 +133,32 @@ const TITLES: Record<Task, string> = { explain: "Explain", debug: "Debug", refac
  */
 export class Transcript {
   private streamed = "";
+  private notice: string | undefined;
 
   constructor(
     readonly id: string,
     readonly task: Task,
   ) {}
 
-  /** The heading: task and place, e.g. "## Explain — app.py:4-9". */
+  /** The heading: task and lines, e.g. "## Explain — app.py:4-9"; a selection that ends at the start of a line
+   * does not take that line (VS Code counts it so too). */
   heading(file: string, range: Range): string {
-    const lines =
-      range.start.line === range.end.line ? `${range.start.line + 1}` : `${range.start.line + 1}-${range.end.line + 1}`;
-    return `\n## ${TITLES[this.task]} — ${file}:${lines}\n\n`;
+    const first = range.start.line + 1;
+    const last = range.end.line > range.start.line && range.end.character === 0 ? range.end.line : range.end.line + 1;
+    return `\n## ${TITLES[this.task]} — ${file}:${first === last ? first : `${first}-${last}`}\n\n`;
   }
 
-  /** Text to append for a chunk notification, or "" when it belongs to another command. */
+  /** Text to append for a chunk notification (a notice as a quote, before the reply), or "" when it belongs to
+   * another command. */
   chunk(params: AssistChunk): string {
-    if (params?.id !== this.id || typeof params.text !== "string") {
+    if (params?.id !== this.id) {
+      return "";
+    }
+    if (typeof params.notice === "string" && params.notice) {
+      this.notice = params.notice;
+      return `> ${params.notice}\n\n`;
+    }
+    if (typeof params.text !== "string") {
       return "";
     }
     this.streamed += params.text;
@@ -162,9 +174,8 @@ export class Transcript {
       rest = result.text.slice(this.streamed.length);
     }
     const served = `${result.backend}${result.model ? ` ${result.model}` : ""}`;
-    const footer = [
-      `\n\n_${result.outcome === "ok" ? "" : `${result.outcome} · `}${served}${result.reason ? ` — ${result.reason}` : ""}_`,
-    ];
+    const reason = result.reason && result.reason !== this.notice ? ` — ${result.reason}` : "";
+    const footer = [`\n\n_${result.outcome === "ok" ? "" : `${result.outcome} · `}${served}${reason}_`];
     for (const note of result.notes ?? []) {
       footer.push(`> ${note}`);
     }

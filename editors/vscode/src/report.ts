@@ -32,8 +32,10 @@ export interface UsageReport {
 export interface ServerStatus {
   model?: { state?: string; name?: string; file?: string; error?: string; gpuOffload?: unknown; fim?: string | null };
   counters?: Record<string, number>;
-  /** Time to answer, typed-ahead hits (answered without the model, in about 0 ms) included. */
-  latencyMs?: { p50?: number; p95?: number };
+  /** Request to answer of the suggestions the model wrote. */
+  latencyMs?: { count?: number; p50?: number; p95?: number };
+  /** The same for typed-ahead hits (answered without the model), counted apart. */
+  cacheHitLatencyMs?: { count?: number; p50?: number; p95?: number };
   /** Where the last suggestion's time went, in ms; `model` is 0 for a typed-ahead hit. */
   lastTiming?: { total?: number; model?: number };
   backends?: { cloud?: { configured?: boolean; healthy?: boolean | null; lastError?: string | null; model?: string } };
@@ -179,14 +181,15 @@ function tooltip(view: View): string {
       : "Cloud: not configured (tandem: Set OpenAI API Key)",
     `Today: ${compact(today.tokens)} tokens, cloud ${usd(today.cloudUsd)}; this month: cloud ${usd(month.cloudUsd)}`,
   );
-  // the server's percentiles count typed-ahead hits (about 0 ms, no model) with generations:
-  // say so, and give the model's own time only from a suggestion it wrote
   const latency = status?.latencyMs;
   if (latency?.p50 !== undefined) {
-    const hits = status?.counters?.cacheHits;
     lines.push(
-      `Time to answer, typed-ahead hits included${hits ? ` (${hits} so far)` : ""}: p50 ${latency.p50} ms, p95 ${latency.p95 ?? "?"} ms`,
+      `Suggestions the model wrote${latency.count ? ` (${latency.count})` : ""}: p50 ${latency.p50} ms, p95 ${latency.p95 ?? "?"} ms from request to answer`,
     );
+  }
+  const hits = status?.cacheHitLatencyMs;
+  if (hits?.count) {
+    lines.push(`Typed-ahead hits, answered without the model: ${hits.count}`);
   }
   const last = status?.lastTiming;
   if (last?.model) {

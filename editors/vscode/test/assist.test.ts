@@ -103,6 +103,27 @@ describe("transcript", () => {
     assert.equal(short.finish(result()), " the size.\n\n_cloud gpt-4o_\n");
   });
 
+  it("shows the notice before the reply, not again in the footer", () => {
+    const transcript = new Transcript("n", "explain");
+    const notice = "No cloud API key is set (OPENAI_API_KEY). Explain runs on the local model.";
+    assert.equal(transcript.chunk({ id: "n", task: "explain", uri: URI, text: "", notice }), `> ${notice}\n\n`);
+    assert.equal(transcript.chunk({ id: "n", task: "explain", uri: URI, text: "It sums." }), "It sums.");
+    const done = result({ text: "It sums.", backend: "local", model: "gemma", reason: notice });
+    assert.equal(transcript.finish(done), "\n\n_local gemma_\n");
+  });
+
+  it("names the lines of a selection as VS Code does", () => {
+    const heading = (start: [number, number], end: [number, number]) =>
+      new Transcript("h", "explain").heading("inventory.py", {
+        start: { line: start[0], character: start[1] },
+        end: { line: end[0], character: end[1] },
+      });
+    assert.equal(heading([0, 0], [5, 0]), "\n## Explain — inventory.py:1-5\n\n");
+    assert.equal(heading([0, 0], [4, 16]), "\n## Explain — inventory.py:1-5\n\n");
+    assert.equal(heading([2, 0], [3, 0]), "\n## Explain — inventory.py:3\n\n");
+    assert.equal(heading([2, 4], [2, 4]), "\n## Explain — inventory.py:3\n\n");
+  });
+
   it("says when the command did not succeed, and lists the notes", () => {
     const transcript = new Transcript("c", "refactor");
     assert.equal(

@@ -139,10 +139,22 @@ describe("status bar", () => {
   });
 
   it("does not pass typed-ahead hits off as model latency", () => {
-    const hits = { ...READY, counters: { cacheHits: 12 }, latencyMs: { p50: 0, p95: 480 } };
+    const hits = {
+      ...READY,
+      latencyMs: { count: 30, p50: 410.5, p95: 900 },
+      cacheHitLatencyMs: { count: 12, p50: 0.2, p95: 0.4 },
+    };
     const { tooltip } = statusBar(view({ status: { ...hits, lastTiming: { total: 0.4, model: 0 } } }));
-    assert.ok(tooltip.includes("Time to answer, typed-ahead hits included (12 so far): p50 0 ms, p95 480 ms"), tooltip);
-    assert.doesNotMatch(tooltip, /model wrote/, "the last answer was a typed-ahead hit: no model time to show");
+    assert.ok(
+      tooltip.includes("Suggestions the model wrote (30): p50 410.5 ms, p95 900 ms from request to answer"),
+      tooltip,
+    );
+    assert.ok(tooltip.includes("Typed-ahead hits, answered without the model: 12"), tooltip);
+    assert.doesNotMatch(
+      tooltip,
+      /Last suggestion the model wrote/,
+      "the last answer was a typed-ahead hit: no model time to show",
+    );
     const generated = statusBar(view({ status: { ...hits, lastTiming: { total: 612.8, model: 401.2 } } }));
     assert.ok(
       generated.tooltip.includes("Last suggestion the model wrote: 401 ms in the model, 613 ms from request to answer"),

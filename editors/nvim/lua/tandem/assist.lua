@@ -64,10 +64,17 @@ local function append(buf, text)
   end
 end
 
---- Handler for `tandem/assistChunk`: the next piece of an explain / debug / refactor reply.
+--- Handler for `tandem/assistChunk`: the next piece of an explain / debug / refactor reply, or the notice
+--- that comes before it.
 function M.on_chunk(_, params)
   local run = running[params.id]
-  if run and api.nvim_buf_is_valid(run.buf) then
+  if not (run and api.nvim_buf_is_valid(run.buf)) then
+    return
+  end
+  if type(params.notice) == "string" and params.notice ~= "" then
+    run.notice = params.notice
+    append(run.buf, "> " .. params.notice .. "\n\n")
+  elseif type(params.text) == "string" then
     append(run.buf, params.text)
   end
 end
@@ -100,10 +107,11 @@ local function diagnostics(buf, line1, line2)
   return messages
 end
 
---- The footer under a finished reply: who answered, why the route changed, and the notes.
-local function footer(result)
+--- The footer under a finished reply: who answered, why the route changed (unless `notice` said it above), and
+--- the notes.
+local function footer(result, notice)
   local lines = { "", "---", ("*%s · %s · %s*"):format(result.backend, result.model, result.outcome) }
-  if type(result.reason) == "string" then
+  if type(result.reason) == "string" and result.reason ~= notice then
     table.insert(lines, "Route: " .. result.reason)
   end
   if result.applied == true then
@@ -141,16 +149,21 @@ function M.run(task, line1, line2, text)
   set_lines(out, { title, "", "" })
   local command = { command = "tandem." .. task, arguments = { argument } }
   local request_id = lsp.execute(client, command, buf, function(err, result)
-    if running[id] == nil then
+    local run = running[id]
+    if run == nil then
       return
     end
     running[id] = nil
+    local head = { title, "" }
+    if run.notice then
+      head = vim.list_extend(head, { "> " .. run.notice, "" })
+    end
     if err then
-      set_lines(out, { title, "", "**Failed:** " .. tostring(err.message) })
+      set_lines(out, vim.list_extend(head, { "**Failed:** " .. tostring(err.message) }))
     elseif type(result) == "table" then
       local text = type(result.text) == "string" and result.text or ""
-      local lines = vim.list_extend({ title, "" }, vim.split(text, "\n", { plain = true }))
-      set_lines(out, vim.list_extend(lines, footer(result)))
+      local lines = vim.list_extend(head, vim.split(text, "\n", { plain = true }))
+      set_lines(out, vim.list_extend(lines, footer(result, run.notice)))
     end
   end)
   if request_id then
