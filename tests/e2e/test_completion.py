@@ -120,6 +120,9 @@ async def test_typed_ahead_after_non_ascii_text_is_served_from_cache(client: Cli
     report = await status(client)
     assert report["counters"]["cacheHits"] == 1
     assert report["counters"]["generations"] == 1  # the typed-ahead hit made no model call
+    # Its near-zero time is counted apart from the time of the suggestion the model wrote.
+    assert (report["latencyMs"]["count"], report["cacheHitLatencyMs"]["count"]) == (1, 1)
+    assert report["latencyMs"]["p50"] > report["cacheHitLatencyMs"]["p50"]
 
 
 async def test_burst_of_keystrokes_runs_at_most_two_generations(editor: str, tmp_path: Path) -> None:
