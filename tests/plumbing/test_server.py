@@ -10,6 +10,7 @@ from typing import Any
 import pytest_asyncio
 from lsprotocol import types
 
+from lsp_server.tools.session import plain
 from tests.conftest import Client, command, start_client, until
 from tests.plumbing.server import REPLY
 
@@ -76,14 +77,22 @@ async def test_settings_changes_rebuild_only_what_they_touch(client: Client) -> 
     assert [item.insert_text for item in await complete(client)] == [REPLY]
 
 
-async def test_explain_streams_from_the_local_side_and_says_why(client: Client) -> None:
-    chunks: list[str] = []
-    client.feature("tandem/assistChunk")(lambda params: chunks.append(params.text))
+async def test_explain_streams_from_the_local_side_and_says_why_first(client: Client) -> None:
+    chunks: list[dict[str, Any]] = []
+    client.feature("tandem/assistChunk")(lambda params: chunks.append(plain(params)))
     argument = {"uri": URI, "range": {"start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 0}}}
     result = await command(client, "tandem.explain", argument)
-    assert (result["backend"], result["model"], result["outcome"]) == ("local", "scripted-4096", "ok")
-    assert result["text"] == "".join(chunks) == "a + b "
-    assert result["reason"] == "No cloud API key is set (OPENAI_API_KEY). Explain runs on the local model."
+    reason = "No cloud API key is set (OPENAI_API_KEY). Explain runs on the local model."
+    assert (result["backend"], result["model"], result["outcome"], result["reason"]) == (
+        "local",
+        "scripted-4096",
+        "ok",
+        reason,
+    )
+    notice, *answer = chunks
+    assert (notice["notice"], notice["text"]) == (reason, "")  # before the answer
+    # The scripted reply after the words a local explanation begins with, written into the prompt.
+    assert result["text"] == "".join(c["text"] for c in answer) == "This codea + b "
 
 
 async def test_a_setting_the_user_removed_is_gone(editor: str, tmp_path: Path) -> None:
