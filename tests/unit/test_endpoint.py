@@ -54,7 +54,12 @@ COMMON = {"stream": True, "cache_prompt": True, "top_k": 1}
             TextPrompt("import os\n\ndef add(a, b):\n    return ", 96, ("\n",), Infill(LINE.prefix)),
             False,
             "/completion",
-            {**COMMON, "n_predict": LINE_MAX_TOKENS, "stop": ["\n"], "prompt": "import os\n\ndef add(a, b):\n    return "},
+            {
+                **COMMON,
+                "n_predict": LINE_MAX_TOKENS,
+                "stop": ["\n"],
+                "prompt": "import os\n\ndef add(a, b):\n    return ",
+            },
             id="prefix-only-line",
         ),
         pytest.param(
