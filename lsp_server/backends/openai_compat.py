@@ -65,6 +65,7 @@ class OpenAICompatBackend:
         self._timeout_s = timeout_s
         self._max_retries = max_retries
         self._has_key = bool(api_key)
+        self._resolving = asyncio.Lock()
         self._key_hint = key_hint
         # A team's fleet usually checks no key, the cloud always does; the SDK insists on one.
         self._client = (
@@ -141,12 +142,13 @@ class OpenAICompatBackend:
 
     async def resolve_model(self) -> str:
         """The model name; when none was given, the first one the server lists (`/v1/models`)."""
-        if not self.model:
-            try:
-                self.model = await self._first_model()
-            except BackendError as exc:
-                self.healthy, self.last_error, self.failed_at = False, str(exc), time.monotonic()
-                raise
+        async with self._resolving:  # the start and a first request ask once
+            if not self.model:
+                try:
+                    self.model = await self._first_model()
+                except BackendError as exc:
+                    self.healthy, self.last_error, self.failed_at = False, str(exc), time.monotonic()
+                    raise
         return self.model
 
     async def _first_model(self) -> str:
