@@ -262,7 +262,8 @@ def _replica_args(parallel: int, threads: int) -> list[str]:
 
 @contextlib.contextmanager
 def replicas(binary: Path, model: Path, count: int, parallel: int, folder: Path) -> Iterator[list[LlamaServerProcess]]:
-    """`count` llama-server processes sharing SERVER_THREADS threads."""
+    """`count` llama-server processes sharing SERVER_THREADS threads, logging into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
     threads = max(1, SERVER_THREADS // count)
     started = [
         LlamaServerProcess(binary, model, _replica_args(parallel, threads), folder / f"replica{i}.log")
@@ -291,6 +292,7 @@ class Nginx:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
         conf = NGINX_CONF.read_text()
         servers = "".join(f"        server {u} max_fails=1 fail_timeout=5s;\n" for u in upstreams)
         conf = re.sub(r"(# BEGIN replicas\n).*?(\s*# END replicas)", rf"\g<1>{servers}\g<2>", conf, flags=re.S)
@@ -412,19 +414,20 @@ def rows(
     def run_all(name: str, engine: Engine) -> None:
         measured[name] = {}
         for n in users:
-            measured[name][n] = engine.run(n, pauses, folder / f"{name.split(',')[0]}-{n}")
+            measured[name][n] = result = engine.run(n, pauses, folder / f"{name.split(',')[0]}-{n}")
+            print(f"{name}, {n} typists: {result.value()}", file=sys.stderr, flush=True)  # a long run shows progress
 
     # By default a waiting request ends the running one mid-reply: right for one person, wrong for a team.
     server_args = ["--n_threads", str(SERVER_THREADS), "--interrupt_requests", "false"]
     with llama_server(model, n_ctx=SLOT_CONTEXT, args=server_args) as url:
         run_all(baseline_name, Engine(baseline_name, url, _pids_of("llama_cpp.server", url)))
     name = f"llama-server, --parallel {parallel}"
-    with replicas(binary, model, 1, parallel, folder) as [server]:
+    with replicas(binary, model, 1, parallel, folder / "one") as [server]:
         run_all(name, Engine(name, server.url, [server.process.pid]))
     balanced = f"2 llama-server replicas (--parallel {parallel}) behind nginx"
     affinity_row: Row | None = None
-    with replicas(binary, model, 2, parallel, folder) as servers:
-        nginx = Nginx([f"127.0.0.1:{s.port}" for s in servers], folder / "nginx")
+    with replicas(binary, model, 2, parallel, folder / "two") as servers:
+        nginx = Nginx([f"127.0.0.1:{s.port}" for s in servers], folder / "two")
         try:
             run_all(balanced, Engine(balanced, nginx.url, [s.process.pid for s in servers]))
             affinity_row = (
