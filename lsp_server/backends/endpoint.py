@@ -60,8 +60,11 @@ class EndpointBackend(OpenAICompatBackend):
         return await super().template()
 
     def status(self) -> dict[str, object]:
-        """The OpenAI backend's status, and the API spoken."""
-        return {**super().status(), "kind": self.kind, "fim": self._fim}
+        """The OpenAI backend's status, the API spoken and, for llama-server, whether it fills in the middle."""
+        status = {**super().status(), "kind": self.kind}
+        if self.kind == "llama-server":
+            status["fim"] = SERVER_FIM.family if self._fim else None  # as the in-process model reports it
+        return status
 
     async def _first_model(self) -> str:
         """Learn what the server is (llama-server answers `/props`) and the model it serves."""
