@@ -153,8 +153,11 @@ async def test_a_superseded_completion_closes_its_stream_at_llama_server(
 
     old = completions(server)[0]
     assert old.path == "/completion" and old.body["n_predict"] == 64 and "t_max_predict_ms" in old.body
+    # Closed mid-stream: the proxy still had events to forward when tandem hung up (it then closes its upstream
+    # connection, and llama-server stops that slot). Whether llama-server was itself still generating depends on the
+    # machine: on a starved one, t_max_predict_ms may have ended the block at its first line already.
     await until(lambda: old.client_left, timeout_s=10)
-    assert not old.upstream_done and old.events < 64  # closed mid-stream, the upstream connection with it
+    assert old.events < 64
     counters = (await command(client, "tandem.status"))["counters"]
     assert counters["cancelledGenerations"] == 1 and counters["errors"] == 0 and client.messages == []
     rows = await recorded(client, tmp_path)
