@@ -246,7 +246,8 @@ class _State:
 
 
 class FaultProxy:
-    """An HTTP proxy on 127.0.0.1 in front of an OpenAI-compatible server, injecting faults."""
+    """An HTTP proxy on 127.0.0.1 in front of an OpenAI-compatible server (or llama-server's own API), injecting
+    faults; the API key and the user header go through."""
 
     def __init__(self, upstream: str, max_tokens: int | None = None, host: str = "127.0.0.1") -> None:
         self.upstream = urlsplit(upstream)
