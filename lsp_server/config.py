@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 Multiline = Literal["auto", "always", "never"]
+EndpointKind = Literal["auto", "llama-server", "openai"]
 Route = Literal["local", "cloud", "auto"]
 ROUTED_TASKS = ("explain", "debug", "refactor")
 """The tasks `routes` sends to the local model or the cloud; completions always run locally."""
@@ -44,6 +46,12 @@ class Settings:
     """Inline completions on or off."""
     local_endpoint: str | None = None
     """OpenAI-compatible server (vLLM, llama-server, a team fleet) that serves completions."""
+    endpoint_kind: EndpointKind = "auto"
+    """The API `local.endpoint` speaks: llama-server's native one, the OpenAI one, or auto (detected)."""
+    endpoint_api_key: str | None = field(default=None, repr=False)
+    """Bearer token for `local.endpoint`; None: TANDEM_ENDPOINT_API_KEY, else none."""
+    endpoint_user: str | None = None
+    """The user id sent to `local.endpoint` (X-Tandem-User); None: a random id kept in the data dir."""
     cloud_model: str = "gpt-4o"
     """Cloud chat model for explain / debug / refactor."""
     cloud_base_url: str | None = None
@@ -123,6 +131,20 @@ def _optional_str(value: Any) -> str | None:
     return value
 
 
+def _endpoint_kind(value: Any) -> EndpointKind:
+    if value not in ("auto", "llama-server", "openai"):
+        raise ValueError('expected "auto", "llama-server" or "openai"')
+    return value  # type: ignore[no-any-return]
+
+
+def _header_value(value: Any) -> str | None:
+    if value == "":
+        return None
+    if not isinstance(value, str) or not value.isprintable() or not value.isascii():
+        raise ValueError("expected printable ASCII text")
+    return value
+
+
 def _model(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a model name")
@@ -187,6 +209,9 @@ _WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "completion.promptTokens": ("prompt_tokens", _positive_int),
     "completion.enabled": ("enabled", _bool),
     "local.endpoint": ("local_endpoint", _optional_str),
+    "local.endpointKind": ("endpoint_kind", _endpoint_kind),
+    "local.endpointApiKey": ("endpoint_api_key", _header_value),
+    "local.endpointUser": ("endpoint_user", _header_value),
     "local.energyUsdPerHour": ("energy_usd_per_hour", _usd),
     "cloud.model": ("cloud_model", _model),
     "cloud.baseUrl": ("cloud_base_url", _optional_str),
@@ -200,6 +225,7 @@ _WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
 
 
 _OBJECT_KEYS = {"routes", "cloud.prices"}
+_SECRET_KEYS = {"local.endpointApiKey"}
 
 
 def flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -223,7 +249,8 @@ def resolve(
 ) -> tuple[Settings, list[str]]:
     """Resolve wire options into settings; each bad value becomes a problem and its default.
 
-    `saved` (what `tandem models use` wrote) comes first, then TANDEM_MODEL, then the editor's options.
+    `saved` (what `tandem models use` wrote) comes first, then TANDEM_MODEL and TANDEM_ENDPOINT_API_KEY, then the
+    editor's options.
     """
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
@@ -231,6 +258,8 @@ def resolve(
     _apply(flatten(saved or {}), values, problems, f"saved setting ({SAVED_SETTINGS})")
     if env.get("TANDEM_MODEL"):
         values["model_path"] = os.path.expanduser(env["TANDEM_MODEL"])
+    if env.get("TANDEM_ENDPOINT_API_KEY"):
+        values["endpoint_api_key"] = env["TANDEM_ENDPOINT_API_KEY"]
     _apply(flatten(options or {}), values, problems, "tandem setting")
     return Settings(**values), problems
 
@@ -245,7 +274,8 @@ def _apply(flat: Mapping[str, Any], values: dict[str, Any], problems: list[str],
         try:
             coerced = coerce(value)
         except (TypeError, ValueError) as exc:
-            problems.append(f"{source} {key}={value!r} ignored: {exc}")
+            shown = "(hidden)" if key in _SECRET_KEYS else repr(value)  # a key, even a malformed one, is never logged
+            problems.append(f"{source} {key}={shown} ignored: {exc}")
             continue
         if name in ("model_path", "chat_model_path") and coerced is None:
             continue  # an empty setting leaves TANDEM_MODEL, a saved model or the default in place
@@ -277,6 +307,31 @@ def data_dir(env: Mapping[str, str] | None = None) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("tandem", appauthor=False))
+
+
+USER_ID_FILE = "endpoint-user"
+"""File in the data dir holding the random id sent to a team's endpoint when `local.endpointUser` is not set."""
+
+
+def endpoint_user(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """The id that keeps this user on one replica behind a balancer: the setting, else a random id made once and
+    kept in the data dir (it says nothing about who the user is)."""
+    if settings.endpoint_user:
+        return settings.endpoint_user
+    path = data_dir(env) / USER_ID_FILE
+    try:
+        kept = path.read_text(encoding="ascii").strip()
+        if kept:
+            return kept
+    except (OSError, UnicodeDecodeError):
+        pass
+    made = uuid.uuid4().hex[:16]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(made + "\n", encoding="ascii")
+    except OSError as exc:  # the id then lasts as long as the process; a balancer copes
+        logging.getLogger(__name__).warning("endpoint user id not kept in %s: %s", path, exc)
+    return made
 
 
 def cache_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -3,11 +3,14 @@
 # linked against the libllama/libggml/libmtmd that llama-cpp-python installed: the peer in
 # `tandem bench` then runs the very same compiled kernels as tandem, and only the server and its
 # common code are compiled (minutes on 2 cores instead of the better part of an hour).
-# Usage: scripts/build-llama-server.sh PYTHON [DEST]; prints the binary's path. Built once, then cached.
+# Usage: scripts/build-llama-server.sh PYTHON [DEST]; prints the binary's path. Built once, then cached outside the
+# checkout (tandem's cache folder, `$TANDEM_CACHE_DIR` or `${XDG_CACHE_HOME:-~/.cache}/tandem`), so every checkout
+# and a CI machine that keeps its cache folder build it once per llama-cpp-python version.
 set -euo pipefail
 python=$1
-dest=${2:-.cache/llama-server}
 version=$("$python" -c 'import llama_cpp; print(llama_cpp.__version__)')
+cache=${TANDEM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem}
+dest=${2:-$cache/llama-server-$version}
 libs=$("$python" -c 'import llama_cpp, pathlib; print(pathlib.Path(llama_cpp.__file__).parent / "lib")')
 build="$dest/build"
 binary="$build/bin/llama-server"
@@ -15,7 +18,7 @@ if [ -x "$binary" ]; then
   echo "$binary"
   exit 0
 fi
-sdist_dir=.cache/sdist
+sdist_dir=.cache/sdist  # shared with scripts/fetch-vocab.sh
 mkdir -p "$sdist_dir" "$dest"
 sdist="$sdist_dir/llama_cpp_python-$version.tar.gz"
 if [ ! -f "$sdist" ]; then

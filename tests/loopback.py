@@ -112,6 +112,83 @@ def llama_server(
         log.close()
 
 
+LLAMA_SERVER_BUILD = Path(__file__).resolve().parent.parent / "scripts" / "build-llama-server.sh"
+
+
+def llama_server_binary() -> Path:
+    """llama.cpp's llama-server, built by `scripts/build-llama-server.sh` the first time (into tandem's cache folder,
+    outside the checkout; about 15 minutes on 2 cores), as `tandem bench` builds it."""
+    out = subprocess.run(
+        ["bash", str(LLAMA_SERVER_BUILD), sys.executable],
+        cwd=LLAMA_SERVER_BUILD.parent.parent,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def llama_server_built() -> bool:
+    """True when `llama_server_binary()` will not build (its cache already holds the binary)."""
+    import llama_cpp
+
+    from lsp_server.config import cache_dir
+
+    return (cache_dir() / f"llama-server-{llama_cpp.__version__}" / "build" / "bin" / "llama-server").is_file()
+
+
+class LlamaServerProcess:
+    """A llama-server process on 127.0.0.1 (`binary`, `model`, more `args`), its log in a file."""
+
+    def __init__(self, binary: Path, model: Path, args: Sequence[str] = (), log: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log or Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
+        self._log = self.log_path.open("ab")
+        command = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"]
+        self.process = subprocess.Popen([*command, *args], stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> LlamaServerProcess:
+        """Block until `/health` answers 200 (the model is loaded)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama-server exited with {self.process.returncode}:\n{self.log()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"llama-server did not answer on {self.url} in {timeout_s} s")
+
+    def log(self) -> str:
+        """What the server logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Terminate it (kill after 10 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def native_llama_server(binary: Path, model: Path, args: Sequence[str] = ()) -> Iterator[LlamaServerProcess]:
+    """A ready `LlamaServerProcess`, stopped when the block ends."""
+    server = LlamaServerProcess(binary, model, args)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Quiet, one request per connection: no keep-alive races between tests."""
 
@@ -148,6 +225,8 @@ class Seen:
     path: str
     body: dict[str, Any]
     authorization: str
+    user: str = ""
+    """The X-Tandem-User header."""
     events: int = 0
     """Stream events forwarded to the client."""
     upstream_done: bool = False
@@ -167,7 +246,8 @@ class _State:
 
 
 class FaultProxy:
-    """An HTTP proxy on 127.0.0.1 in front of an OpenAI-compatible server, injecting faults."""
+    """An HTTP proxy on 127.0.0.1 in front of an OpenAI-compatible server (or llama-server's own API), injecting
+    faults; the API key and the user header go through."""
 
     def __init__(self, upstream: str, max_tokens: int | None = None, host: str = "127.0.0.1") -> None:
         self.upstream = urlsplit(upstream)
@@ -200,7 +280,7 @@ class FaultProxy:
                     proxy.upstream.hostname or "127.0.0.1", proxy.upstream.port, timeout=60
                 )
                 try:
-                    upstream.request("GET", self.path)
+                    upstream.request("GET", self.path, headers=self._passed())
                     resp = upstream.getresponse()
                     payload = resp.read()
                 finally:
@@ -211,10 +291,17 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def _passed(self) -> dict[str, str]:
+                """The request's headers the upstream sees: the key (llama-server checks it) and the user."""
+                names = ("Authorization", "X-Tandem-User")
+                passed = {name: self.headers[name] for name in names if self.headers.get(name)}
+                return {"Content-Type": "application/json", **passed}
+
             def do_POST(self) -> None:
                 state = proxy.state
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                self.seen = Seen(time.monotonic(), self.path, body, self.headers.get("Authorization", ""))
+                auth, user = self.headers.get("Authorization", ""), self.headers.get("X-Tandem-User", "")
+                self.seen = Seen(time.monotonic(), self.path, body, auth, user)
                 state.seen.append(self.seen)
                 fault = state.fault if len(state.seen) <= state.fault.times else Fault()
                 try:
@@ -275,11 +362,12 @@ class FaultProxy:
                     proxy.upstream.hostname or "127.0.0.1", proxy.upstream.port, timeout=60
                 )
                 try:
-                    prompt_tokens = self._count_prompt(upstream, body)
+                    wants_usage = body.get("stream_options", {}).get("include_usage")
+                    prompt_tokens = self._count_prompt(upstream, body) if wants_usage else 0
                     sent = dict(body)
                     if proxy.max_tokens is not None:
                         sent["max_tokens"] = min(body.get("max_tokens") or proxy.max_tokens, proxy.max_tokens)
-                    upstream.request("POST", self.path, json.dumps(sent), {"Content-Type": "application/json"})
+                    upstream.request("POST", self.path, json.dumps(sent), self._passed())
                     resp = upstream.getresponse()
                     if not body.get("stream"):
                         payload = resp.read()
@@ -294,7 +382,7 @@ class FaultProxy:
                     for event in _events(resp):
                         if event == "[DONE]":
                             self.seen.upstream_done = True
-                            if fault.kind != "no_usage" and body.get("stream_options", {}).get("include_usage"):
+                            if fault.kind != "no_usage" and wants_usage:
                                 state.usage = {
                                     "prompt_tokens": prompt_tokens,
                                     "completion_tokens": tokens,
@@ -303,6 +391,8 @@ class FaultProxy:
                                 self._send_event(state, json.dumps({"choices": [], "usage": state.usage}))
                         else:
                             tokens += _has_text(event)
+                            # llama-server's own API ends its stream with an event that says stop, not [DONE]
+                            self.seen.upstream_done = self.seen.upstream_done or json.loads(event).get("stop") is True
                         if fault.kind in ("drop", "stall") and state.events_sent == fault.after_events:
                             if fault.kind == "stall":
                                 state.closing.wait(30)
@@ -343,9 +433,9 @@ def _events(resp: http.client.HTTPResponse) -> Iterator[str]:
 
 
 def _has_text(event: str) -> int:
-    choices = json.loads(event).get("choices") or [{}]
-    choice = choices[0]
-    return int(bool(choice.get("text") or (choice.get("delta") or {}).get("content")))
+    data = json.loads(event)
+    choice = (data.get("choices") or [{}])[0]
+    return int(bool(choice.get("text") or (choice.get("delta") or {}).get("content") or data.get("content")))
 
 
 @dataclass

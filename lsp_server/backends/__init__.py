@@ -24,12 +24,27 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Infill:
+    """A code completion's prompt in parts, for a server that lays out fill-in-the-middle with its model's own
+    tokens (llama-server's `/infill`)."""
+
+    prefix: str
+    """Context and document up to the cursor."""
+    suffix: str = ""
+    """Document after the cursor; empty for a model that completes prefixes only."""
+    extra: tuple[tuple[str, str], ...] = ()
+    """Context chunks from elsewhere as (file name, text), placed before the prefix."""
+
+
+@dataclass(frozen=True)
 class TextPrompt:
     """A raw completion prompt; special tokens appear as text and are parsed."""
 
     text: str
     max_tokens: int
     stop: tuple[str, ...] = ()
+    infill: Infill | None = None
+    """Set for code completions: the same prompt in parts."""
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ import os
 from typing import Literal
 
 from lsp_server.backends import Backend
+from lsp_server.backends.endpoint import EndpointBackend
 from lsp_server.backends.local import LocalBackend, embedded_model_path
 from lsp_server.backends.openai_compat import OpenAICompatBackend
-from lsp_server.config import Settings, cache_dir
+from lsp_server.config import Settings, cache_dir, endpoint_user
 
 Role = Literal["completion", "chat", "cloud"]
 """completion: inline completions; chat: explain / debug / refactor on this machine; cloud: the same in the cloud."""
@@ -31,10 +32,12 @@ def make_backend(role: Role, settings: Settings) -> Backend | None:
         chat = _chat_file(settings)
         return None if chat is None else LocalBackend(settings, lambda: chat)
     if settings.local_endpoint:
-        # No key: the cloud's key must never reach another server. The model is asked for. Chat goes as plain
-        # turns to /v1/completions, as to a local model without a chat template: a team's coder model may lack one.
-        return OpenAICompatBackend(
-            model="", base_url=settings.local_endpoint, api_key=None, name="endpoint", chat_api=False
+        # The endpoint's own key only: the cloud's key must never reach another server. The model is asked for.
+        return EndpointBackend(
+            base_url=settings.local_endpoint,
+            kind=settings.endpoint_kind,
+            api_key=settings.endpoint_api_key,
+            user=endpoint_user(settings),
         )
     return LocalBackend(settings, lambda: settings.model_path or str(embedded_model_path(cache_dir())))
 
@@ -48,7 +51,7 @@ def backend_key(role: Role, settings: Settings) -> tuple[object, ...] | None:
         chat = _chat_file(settings)
         return None if chat is None else (chat, *_load(settings))
     if settings.local_endpoint:
-        return (settings.local_endpoint,)
+        return (settings.local_endpoint, settings.endpoint_kind, settings.endpoint_api_key, settings.endpoint_user)
     return (settings.model_path, *_load(settings))
 
 

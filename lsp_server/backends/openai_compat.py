@@ -9,7 +9,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -48,8 +48,11 @@ class OpenAICompatBackend:
         chat_api: bool = True,
         timeout_s: float = 60.0,
         max_retries: int = 3,
+        headers: Mapping[str, str] | None = None,
+        key_hint: str = "check OPENAI_API_KEY",
     ) -> None:
-        """`chat_api`: chat goes to `/v1/chat/completions`; False: it is sent as plain turns to `/v1/completions`."""
+        """`chat_api`: chat goes to `/v1/chat/completions`; False: it is sent as plain turns to `/v1/completions`.
+        `headers` go with every request; `key_hint` tells the user where the key comes from."""
         self.name = name
         self.model = model
         """The model name; "" until `resolve_model` has asked the server which one it serves."""
@@ -61,6 +64,9 @@ class OpenAICompatBackend:
         self._chat_api = chat_api
         self._timeout_s = timeout_s
         self._max_retries = max_retries
+        self._has_key = bool(api_key)
+        self._resolving = asyncio.Lock()
+        self._key_hint = key_hint
         # A team's fleet usually checks no key, the cloud always does; the SDK insists on one.
         self._client = (
             openai.AsyncOpenAI(
@@ -68,6 +74,7 @@ class OpenAICompatBackend:
                 api_key=api_key or "no-key",
                 max_retries=0,
                 timeout=timeout_s,
+                default_headers=headers,
             )
             if api_key or name != "cloud"
             else None
@@ -97,22 +104,25 @@ class OpenAICompatBackend:
             if self._chat_api:
                 return self._chat(prompt, cancel, report)
             prompt = render_chat(prompt, None)
-        # A server notices a closed stream at its next token at best (never during prompt evaluation),
-        # one behind a proxy that keeps the upstream open not at all: the request bounds what it can cost.
-        single_line = "\n" in prompt.stop
-        max_tokens = min(prompt.max_tokens, LINE_MAX_TOKENS) if single_line else prompt.max_tokens
+        text = prompt
+        return self._stream(
+            lambda client: self._open_text(client, text), self._read_text, len(text.text), cancel, report
+        )
 
-        def open_stream(client: openai.AsyncOpenAI) -> Awaitable[Any]:
-            return client.completions.create(
-                model=self.model,
-                prompt=prompt.text,
-                max_tokens=max_tokens,
-                stop=list(prompt.stop[:4]) or None,  # the API takes at most four
-                stream=True,
-                stream_options={"include_usage": True},
-            )
+    def _open_text(self, client: openai.AsyncOpenAI, prompt: TextPrompt) -> Awaitable[Any]:
+        """Start streaming a raw completion."""
+        return client.completions.create(
+            model=self.model,
+            prompt=prompt.text,
+            max_tokens=capped_tokens(prompt),
+            stop=list(prompt.stop[:4]) or None,  # the API takes at most four
+            stream=True,
+            stream_options={"include_usage": True},
+        )
 
-        return self._stream(open_stream, _completion_text, len(prompt.text), cancel, report)
+    def _read_text(self, chunk: Any) -> tuple[str, bool, Usage | None]:
+        """A raw completion chunk's text, whether it ends the reply, and the usage it reports."""
+        return (*_completion_text(chunk), _usage(chunk))
 
     def _chat(self, prompt: ChatPrompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
         def open_stream(client: openai.AsyncOpenAI) -> Awaitable[Any]:
@@ -126,16 +136,19 @@ class OpenAICompatBackend:
             )
 
         prompt_chars = sum(len(m.get("content", "")) for m in prompt.messages)
-        return self._stream(open_stream, _chat_text, prompt_chars, cancel, report)
+        return self._stream(
+            open_stream, lambda chunk: (*_chat_text(chunk), _usage(chunk)), prompt_chars, cancel, report
+        )
 
     async def resolve_model(self) -> str:
         """The model name; when none was given, the first one the server lists (`/v1/models`)."""
-        if not self.model:
-            try:
-                self.model = await self._first_model()
-            except BackendError as exc:
-                self.healthy, self.last_error, self.failed_at = False, str(exc), time.monotonic()
-                raise
+        async with self._resolving:  # the start and a first request ask once
+            if not self.model:
+                try:
+                    self.model = await self._first_model()
+                except BackendError as exc:
+                    self.healthy, self.last_error, self.failed_at = False, str(exc), time.monotonic()
+                    raise
         return self.model
 
     async def _first_model(self) -> str:
@@ -158,7 +171,7 @@ class OpenAICompatBackend:
     async def _stream(
         self,
         open_stream: Callable[[openai.AsyncOpenAI], Awaitable[Any]],
-        text_of: Callable[[Any], tuple[str, bool]],
+        read: Callable[[Any], tuple[str, bool, Usage | None]],
         prompt_chars: int,
         cancel: threading.Event,
         report: Generation,
@@ -190,8 +203,8 @@ class OpenAICompatBackend:
                         chunks += 1
                         if chunks == 1:
                             self.healthy, self.last_error = True, None
-                        usage = _usage(chunk) or usage
-                        text, done = text_of(chunk)
+                        text, done, reported = read(chunk)
+                        usage = reported or usage
                         finished = finished or done
                         if text:
                             if report.first_token_s is None:
@@ -241,7 +254,8 @@ class OpenAICompatBackend:
                 return BackendError(f"the connection to {url} dropped mid-reply"), 0.0
             return BackendError(f"cannot connect to {url} ({_root_cause(exc)})"), 0.0
         if isinstance(exc, openai.AuthenticationError):
-            return BackendError(f"{url} rejected the API key (401): check OPENAI_API_KEY"), None
+            what = "rejected the API key" if self._has_key else "needs an API key"
+            return BackendError(f"{url} {what} (401): {self._key_hint}"), None
         if isinstance(exc, openai.PermissionDeniedError):
             return BackendError(f"the API key has no access to {label} (403)"), None
         if isinstance(exc, openai.NotFoundError):
@@ -256,6 +270,14 @@ class OpenAICompatBackend:
                 return BackendError(f"{url} {what}"), wait or 0.0
             return BackendError(f"{url} refused the request (HTTP {status}): {exc.message[:200]}"), None
         return BackendError(f"{url} reported an error: {exc}"[:300]), None
+
+
+def capped_tokens(prompt: TextPrompt) -> int:
+    """Most tokens to ask of a server for `prompt`.
+
+    A server notices a closed stream at its next token at best (never during prompt evaluation), one behind a
+    proxy that keeps the upstream open not at all: the request bounds what it can cost."""
+    return min(prompt.max_tokens, LINE_MAX_TOKENS) if "\n" in prompt.stop else prompt.max_tokens
 
 
 def _with_api_path(base_url: str | None) -> str | None:

@@ -273,7 +273,9 @@ class Engine:
         prompt = build_prompt(
             req.text, req.cursor, await backend.template(), self._settings.prompt_tokens, others=req.others
         )
-        text_prompt = TextPrompt(prompt.text, self._settings.max_tokens, () if ctx.multiline else ("\n",))
+        text_prompt = TextPrompt(
+            prompt.text, self._settings.max_tokens, () if ctx.multiline else ("\n",), infill=prompt.infill
+        )
         delay = 0.0 if req.invoked else self._debounce(slot)
         if delay > 0:
             # The model is idle while the debounce runs: evaluate the prompt and decode ahead, so that

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from lsp_server.backends import Infill
 from lsp_server.context import CHARS_PER_TOKEN, definitions, enclosing_signatures, imports_above
 from lsp_server.models.cards import flat_name, load_cards
 
@@ -111,6 +112,8 @@ class Prompt:
     """Document offset where the prompt's prefix begins."""
     suffix_end: int
     """Document offset where the prompt's suffix ends (the cursor when there is no suffix)."""
+    infill: Infill
+    """The same prompt in parts, without markers."""
 
 
 def _suffix_window(text: str, cursor: int, budget: int) -> str:
@@ -163,7 +166,7 @@ def build_prompt(
         body = f"{template.suffix}{suffix}{template.prefix}{prefix}{template.middle}"
     else:
         body = f"{template.prefix}{prefix}{template.suffix}{suffix}{template.middle}"
-    return Prompt(body, start, cursor + len(suffix))
+    return Prompt(body, start, cursor + len(suffix), Infill(prefix, suffix))
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w{2,}")

@@ -42,7 +42,7 @@ def test_every_vscode_server_setting_is_a_key_the_server_knows() -> None:
     assert client_only == {"server.command", "refactor.showDiff", "trace.server"}
     flat = config.flatten(section)
     assert set(flat) == set(config._WIRE)
-    assert len(flat) == 21
+    assert len(flat) == 24
 
 
 def test_vscode_defaults_resolve_to_the_server_defaults() -> None:
@@ -57,6 +57,9 @@ ALL = {
     "local.flashAttention": False,
     "local.threads": 4,
     "local.endpoint": "http://fleet:8080/v1",
+    "local.endpointKind": "llama-server",
+    "local.endpointApiKey": "team-key-1",
+    "local.endpointUser": "ada",
     "local.energyUsdPerHour": 0.05,
     "completion.enabled": False,
     "completion.debounceMs": 100,
@@ -80,6 +83,9 @@ ALL_SETTINGS = Settings(
     flash_attention=False,
     threads=4,
     local_endpoint="http://fleet:8080/v1",
+    endpoint_kind="llama-server",
+    endpoint_api_key="team-key-1",
+    endpoint_user="ada",
     energy_usd_per_hour=0.05,
     enabled=False,
     debounce_ms=100,
@@ -172,6 +178,8 @@ def test_payloads(options: dict[str, Any], changed: dict[str, Any]) -> None:
         pytest.param("local.flashAttention", 1, "expected true or false", id="flash-number"),
         pytest.param("local.threads", 0, "expected a positive integer", id="threads-zero"),
         pytest.param("local.endpoint", ["http://fleet/v1"], "expected a string", id="endpoint-list"),
+        pytest.param("local.endpointKind", "vllm", 'expected "auto", "llama-server" or "openai"', id="kind-unknown"),
+        pytest.param("local.endpointUser", "ada\n", "expected printable ASCII text", id="user-newline"),
         pytest.param("local.energyUsdPerHour", -0.1, "expected a non-negative amount in USD", id="energy-negative"),
         pytest.param("completion.enabled", "yes", "expected true or false", id="enabled-string"),
         pytest.param(
@@ -242,6 +250,28 @@ def test_a_wrong_value_is_reported_and_replaced_by_its_default(key: str, value: 
     settings, problems = resolve(_nested({key: value, other: good}), NO_ENV)
     assert settings == dataclasses.replace(Settings(), **{field: good})  # the other values still apply
     assert problems == [f"tandem setting {key}={value!r} ignored: {why}"]
+
+
+def test_a_malformed_endpoint_key_is_reported_without_its_value() -> None:
+    settings, problems = resolve({"local": {"endpointApiKey": "sk-team\n"}}, NO_ENV)
+    assert settings.endpoint_api_key is None
+    assert problems == ["tandem setting local.endpointApiKey=(hidden) ignored: expected printable ASCII text"]
+    assert "sk-team" not in repr(resolve({"local": {"endpointApiKey": "sk-team"}}, NO_ENV)[0])
+
+
+def test_the_endpoint_key_comes_from_the_setting_else_the_environment() -> None:
+    env = {"TANDEM_ENDPOINT_API_KEY": "from-env"}
+    assert resolve({}, env)[0].endpoint_api_key == "from-env"
+    assert resolve({"local": {"endpointApiKey": "from-editor"}}, env)[0].endpoint_api_key == "from-editor"
+    assert resolve({}, NO_ENV)[0].endpoint_api_key is None
+
+
+def test_the_endpoint_user_is_the_setting_else_a_random_id_kept(tmp_path: Path) -> None:
+    env = {"TANDEM_DATA_DIR": str(tmp_path)}
+    assert config.endpoint_user(Settings(endpoint_user="ada"), env) == "ada"
+    made = config.endpoint_user(Settings(), env)
+    assert len(made) == 16 and made == config.endpoint_user(Settings(), env)  # kept: the same replica next time
+    assert made != config.endpoint_user(Settings(), {"TANDEM_DATA_DIR": str(tmp_path / "other")})
 
 
 def test_each_wrong_value_is_one_problem() -> None:

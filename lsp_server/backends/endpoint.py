@@ -1,0 +1,150 @@
+"""A team's completion server (`local.endpoint`): llama-server through its native API, any other server (vLLM,
+Ollama, `llama_cpp.server`) through the OpenAI one."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+
+from lsp_server.backends import BackendError, TextPrompt, Usage
+from lsp_server.backends.openai_compat import OpenAICompatBackend, capped_tokens
+from lsp_server.completion.prompt import FimTemplate
+
+Kind = Literal["auto", "llama-server", "openai"]
+USER_HEADER = "X-Tandem-User"
+"""Names the user to a balancer, which keeps each user on one replica (their prompt stays in its KV cache)."""
+KEY_HINT = "set local.endpointApiKey or TANDEM_ENDPOINT_API_KEY"
+SERVER_FIM = FimTemplate("llama-server", "", "", "")
+"""The server lays out fill-in-the-middle with its model's own tokens: prompts go as parts (`Infill`)."""
+MULTILINE_PREDICT_MS = 2500
+"""llama-server's `t_max_predict_ms` for a block: past it, generation ends at the next line's end."""
+
+
+class EndpointBackend(OpenAICompatBackend):
+    """The OpenAI-compatible backend, speaking llama-server's own API when the server is llama-server.
+
+    llama-server's `/infill` applies the model's FIM tokens (context chunks in `input_extra`); a model without
+    them gets `/completion`. Both keep the prompt cached (`cache_prompt`) and leave the slot to the server, which
+    gives each request the slot whose cached prompt shares the most with it.
+    """
+
+    def __init__(self, *, base_url: str, kind: Kind, api_key: str | None, user: str, timeout_s: float = 60.0) -> None:
+        super().__init__(
+            model="",
+            base_url=base_url,
+            api_key=api_key,
+            name="endpoint",
+            # Chat goes as plain turns, as to a local model without a chat template: a team's coder model may lack one.
+            chat_api=False,
+            timeout_s=timeout_s,
+            headers={USER_HEADER: user},
+            key_hint=KEY_HINT,
+        )
+        self.kind: Kind = kind
+        """auto until the first request to the server learns which it is."""
+        self._fim = False
+        """llama-server's model has FIM tokens."""
+        parts = urlsplit(base_url)
+        path = parts.path.rstrip("/")
+        self._root = urlunsplit(parts._replace(path=path.removesuffix("/v1"), query="", fragment=""))
+        """The server's URL without the OpenAI API's `/v1`, where llama-server's own endpoints are."""
+
+    async def template(self) -> FimTemplate | None:
+        """llama-server: FIM laid out by the server when its model has the tokens; otherwise the name's family."""
+        await self.resolve_model()
+        if self.kind == "llama-server":
+            return SERVER_FIM if self._fim else None
+        return await super().template()
+
+    def status(self) -> dict[str, object]:
+        """The OpenAI backend's status, the API spoken and, for llama-server, whether it fills in the middle."""
+        status = {**super().status(), "kind": self.kind}
+        if self.kind == "llama-server":
+            status["fim"] = SERVER_FIM.family if self._fim else None  # as the in-process model reports it
+        return status
+
+    async def _first_model(self) -> str:
+        """Learn what the server is (llama-server answers `/props`) and the model it serves."""
+        if self.kind == "openai":
+            return await super()._first_model()
+        try:
+            props = await self._call("get", "/props")
+        except openai.NotFoundError as exc:  # vLLM, Ollama, llama_cpp.server
+            if self.kind == "llama-server":
+                raise BackendError(f"{self._root} is not llama-server (no /props): check local.endpointKind") from exc
+            self.kind = "openai"
+            return await super()._first_model()
+        except openai.APIError as exc:
+            raise self._classify(exc, mid_stream=False)[0] from exc
+        self.kind = "llama-server"
+        try:
+            # n_predict 0 evaluates a prompt of three tokens and generates nothing; a model without FIM tokens is
+            # refused (501).
+            await self._call("post", "/infill", {"input_prefix": "", "input_suffix": "", "n_predict": 0})
+            self._fim = True
+        except openai.APIStatusError as exc:
+            if exc.status_code != 501:
+                raise self._classify(exc, mid_stream=False)[0] from exc
+            self._fim = False
+        except openai.APIError as exc:
+            raise self._classify(exc, mid_stream=False)[0] from exc
+        path = str(props.get("model_path") or "")
+        return str(props.get("model_alias") or path.rsplit("/", 1)[-1] or "llama-server")
+
+    async def _call(self, method: Literal["get", "post"], path: str, body: dict[str, Any] | None = None) -> Any:
+        """One JSON request to llama-server's own API."""
+        client = self._client
+        assert client is not None, "an endpoint always has a client"
+        if method == "get":
+            return await client.get(self._root + path, cast_to=object)
+        return await client.post(self._root + path, cast_to=object, body=body)
+
+    def _open_text(self, client: openai.AsyncOpenAI, prompt: TextPrompt) -> Awaitable[Any]:
+        """llama-server: `/infill` or `/completion`, streamed; otherwise the OpenAI API's `/v1/completions`."""
+        if self.kind != "llama-server":
+            return super()._open_text(client, prompt)
+        path, body = native_request(prompt, self._fim)
+        return client.post(
+            self._root + path, cast_to=object, body=body, stream=True, stream_cls=openai.AsyncStream[object]
+        )
+
+    def _read_text(self, chunk: Any) -> tuple[str, bool, Usage | None]:
+        """A llama-server event: its text, whether it is the last, and (the last) the tokens counted."""
+        if self.kind != "llama-server" or not isinstance(chunk, dict):
+            return super()._read_text(chunk)
+        text = chunk.get("content")
+        done = chunk.get("stop") is True
+        timings = chunk.get("timings") or {}
+        usage = None
+        if done and isinstance(timings.get("prompt_n"), int):
+            cached = int(timings.get("cache_n") or 0)
+            predicted = chunk.get("tokens_predicted", timings.get("predicted_n", 0))
+            usage = Usage(timings["prompt_n"] + cached, int(predicted), cached)
+        return (text if isinstance(text, str) else ""), done, usage
+
+
+def native_request(prompt: TextPrompt, fim: bool) -> tuple[str, dict[str, Any]]:
+    """The llama-server endpoint and body for `prompt`: the single- or multi-line policy in the server's terms."""
+    body: dict[str, Any] = {
+        "n_predict": capped_tokens(prompt),
+        "stream": True,
+        "cache_prompt": True,
+        "top_k": 1,  # greedy, as the in-process model
+        "stop": list(prompt.stop),
+    }
+    infill = prompt.infill
+    if infill is not None and "\n" not in prompt.stop:
+        # A block: it ends where the code returns left of the cursor's line, or once it runs long at a line's end.
+        line = infill.prefix[infill.prefix.rfind("\n") + 1 :]
+        body["n_indent"] = len(line) - len(line.lstrip(" \t"))
+        body["t_max_predict_ms"] = MULTILINE_PREDICT_MS
+    if infill is None or not fim:
+        return "/completion", {**body, "prompt": prompt.text}
+    cut = infill.prefix.rfind("\n") + 1
+    extra = [{"filename": name, "text": text} for name, text in infill.extra]
+    # The cursor's line goes in `prompt`, as llama.vscode sends it; the server appends it to the prefix.
+    fields = {"input_prefix": infill.prefix[:cut], "prompt": infill.prefix[cut:], "input_suffix": infill.suffix}
+    return "/infill", {**body, **fields, "input_extra": extra}
