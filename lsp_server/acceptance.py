@@ -15,8 +15,8 @@ RETENTION_S = (30.0, 300.0)
 RETAINED = ("retained_chars_30s", "retained_chars_5m")
 """The ledger column of each retention check."""
 
-Change = tuple[int, int, int]
-"""One edit of a document: it replaced offsets [start, end) by this many characters."""
+Change = tuple[int, int, str]
+"""One edit of a document: it replaced offsets [start, end) by this text."""
 Record = Callable[[str, dict[str, str | int]], None]
 """Writes ledger columns of the request whose id is given."""
 
@@ -34,6 +34,8 @@ class _Suggestion:
     """Retention checks done (of RETENTION_S)."""
     next_edit_undoes: bool = False
     """True from the accept until the next edit, which is a reversal if it removes every accepted character."""
+    whole: bool = False
+    """Accepted whole (the editor ran the item's command)."""
 
     def retained(self) -> int:
         return sum(end - start for start, end in self.spans)
@@ -76,16 +78,20 @@ class Acceptance:
 
     def edited(self, uri: str, changes: Iterable[Change]) -> None:
         """One `didChange` of `uri`: its changes, each in the document as the changes before it left it."""
-        items = [item for item in self._items.values() if item.uri == uri]
-        for start, end, inserted in changes:
-            for item in items:
-                item.start = _moved(item.start, start, end, inserted)
-                item.spans = _edited(item.spans, start, end, inserted)
-        for request_id, item in self._items.items():
-            if item.uri == uri and item.next_edit_undoes:
-                item.next_edit_undoes = False
-                if not item.spans:
-                    self._record(request_id, {"reversed": 1})
+        items = {request_id: item for request_id, item in self._items.items() if item.uri == uri}
+        undoable = [request_id for request_id, item in items.items() if item.next_edit_undoes]
+        for start, end, text in changes:
+            for request_id, item in items.items():
+                if (taken := _taken_next(item, start, end, text)) is not None:
+                    self._take(request_id, item, taken)
+                    continue
+                item.start = _moved(item.start, start, end, len(text))
+                item.spans = _edited(item.spans, start, end, len(text))
+        for request_id in undoable:
+            item = items[request_id]
+            item.next_edit_undoes = False
+            if not item.spans:
+                self._record(request_id, {"reversed": 1})
 
     def accepted(self, request_id: str, text: str, length: int | None = None) -> int | None:
         """The user accepted the suggestion (`length` characters of it, or all); `text` is its document now.
@@ -99,15 +105,20 @@ class Acceptance:
         wanted = item.text if length is None else item.text[:length]
         found = text[item.start : item.start + len(wanted)]
         matched = next((i for i, (a, b) in enumerate(zip(wanted, found, strict=False)) if a != b), len(found))
-        item.spans = [(item.start, item.start + matched)] if matched else []
+        self._take(request_id, item, matched, whole=length is None)
+        return item.start + matched if length is None else None
+
+    def _take(self, request_id: str, item: _Suggestion, taken: int, whole: bool = False) -> None:
+        """The first `taken` characters of the suggestion are accepted and in the document."""
+        item.spans = [(item.start, item.start + taken)] if taken else []
         item.accepted_at = self._clock()
         item.checks = 0
         item.next_edit_undoes = True
-        columns: dict[str, str | int] = {"accepted_chars": matched}
-        if length is None:
+        item.whole = item.whole or whole
+        columns: dict[str, str | int] = {"accepted_chars": taken}
+        if whole:
             columns["accepted"] = 1
         self._record(request_id, columns)
-        return item.start + matched if length is None else None
 
     def due(self) -> float | None:
         """When the next retention check is due (on the clock given), or None when none is."""
@@ -146,6 +157,21 @@ class Acceptance:
             self._items.pop(request_id, None)
 
 
+def _taken_next(item: _Suggestion, start: int, end: int, text: str) -> int | None:
+    """The characters of the suggestion accepted once an insertion of `text` at [start, end) is done, when it
+    puts in its next part (an editor's accept-word or accept-line, reported or not); else None.
+
+    One character at a time is typing, not accepting; once accepted whole, the rest is the user's."""
+    if item.whole or start != end or len(text) < 2:
+        return None
+    taken = sum(b - a for a, b in item.spans)
+    if item.spans != ([(item.start, item.start + taken)] if taken else []):
+        return None  # edited since: what is left is not a start of the suggestion
+    if start != item.start + taken or not item.text.startswith(text, taken):
+        return None
+    return taken + len(text)
+
+
 def _moved(offset: int, start: int, end: int, inserted: int) -> int:
     """Where `offset` is after the change: text inserted at it goes after it; a change around it takes it to
     the change's start."""
@@ -174,7 +200,7 @@ def _edited(spans: list[tuple[int, int]], start: int, end: int, inserted: int) -
 
 
 def replacement(old: str, new: str) -> Change:
-    """A whole-text change as the one edit that turns `old` into `new` (common start and end kept)."""
+    """A whole-text change as the one edit that turns `old` into `new` (their common start and end kept)."""
     limit = min(len(old), len(new))
     head = 0
     while head < limit and old[head] == new[head]:
@@ -182,4 +208,4 @@ def replacement(old: str, new: str) -> Change:
     tail = 0
     while tail < limit - head and old[-1 - tail] == new[-1 - tail]:
         tail += 1
-    return head, len(old) - tail, len(new) - tail - head
+    return head, len(old) - tail, new[head : len(new) - tail]

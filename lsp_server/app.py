@@ -17,7 +17,7 @@ from lsp_server.backends.factory import ROLES, Role, backend_key, make_backend
 from lsp_server.budget import Budget
 from lsp_server.completion.engine import Engine, Request, Suggestion, Timing
 from lsp_server.config import Settings, data_dir
-from lsp_server.documents import units
+from lsp_server.documents import characters
 from lsp_server.ledger import Ledger, default_path
 from lsp_server.prices import Prices
 from lsp_server.privacy import AuditLog
@@ -140,7 +140,7 @@ class App:
         suggestion goes when it was accepted whole, else None."""
         uri, text = self.acceptance.suggestion(request_id) or ("", "")
         if length is not None:
-            length = _characters(text, length, encoding)
+            length = characters(text, length, encoding)
         cursor = self.acceptance.accepted(request_id, (text_of(uri) or "") if uri else "", length)
         if not uri and length is None:  # shown before this process started: the accept still counts
             self.ledger.record_outcome(request_id, {"accepted": 1})
@@ -273,15 +273,6 @@ class App:
             cancel.set()
         if self._commands:
             await asyncio.wait(list(self._commands), timeout=_STOP_COMMANDS_S)
-
-
-def _characters(text: str, length: int, encoding: str) -> int:
-    """How many characters of `text` its first `length` code units of `encoding` hold."""
-    for count, char in enumerate(text):
-        length -= units(char, encoding)
-        if length < 0:
-            return count
-    return len(text)
 
 
 def _prices(settings: Settings) -> Prices:

@@ -158,7 +158,7 @@ class TandemProtocol(LanguageServerProtocol):
                         offsets = (doc.offset_at(*start, encoding), doc.offset_at(*end, encoding))
                     doc.apply_change(change.text, *span, encoding)
                     if tracked is not None:
-                        tracked.append((*offsets, len(change.text)))
+                        tracked.append((*offsets, change.text))
                 else:
                     old = doc.text if tracked is not None else ""
                     doc.text = change.text

@@ -301,7 +301,10 @@ class Engine:
         if not _COMPLETABLE_SUFFIX.fullmatch(_line_suffix(req.text, req.cursor)):
             self.counters.skippedRequests += 1
             return None
-        ctx = Context.at(req.text, req.cursor, self._settings.multiline)
+        multiline = self._settings.multiline
+        if prefetch and multiline == "auto":  # after an accepted line the cursor ends it: what follows is below
+            multiline = "always"
+        ctx = Context.at(req.text, req.cursor, multiline)
         backend = self._backend
         prompt = build_prompt(
             req.text, req.cursor, await backend.template(), self._settings.prompt_tokens, others=req.others

@@ -23,9 +23,9 @@ class Session:
     def record(self, request_id: str, values: dict[str, Any]) -> None:
         self.rows.setdefault(request_id, {}).update(values)
 
-    def edit(self, start: int, end: int, new: str, *more: Change) -> None:
+    def edit(self, start: int, end: int, new: str) -> None:
         self.text = self.text[:start] + new + self.text[end:]
-        self.tracker.edited(URI, [(start, end, len(new)), *more])
+        self.tracker.edited(URI, [(start, end, new)])
 
     def accept(self, request_id: str, length: int | None = None) -> int | None:
         return self.tracker.accepted(request_id, self.text, length)
@@ -96,13 +96,28 @@ def test_deleting_the_text_later_is_not_a_reversal() -> None:
 def test_partial_accepts_count_what_was_taken() -> None:
     s = Session("")
     shown(s, "total = sum(xs)", 0)
-    s.edit(0, 0, "total")
-    assert s.accept("r1", 5) is None  # partly: no prefetch
+    s.tracker.edited(URI, [(0, 0, "t")])  # typed, one key: not accepted
+    s.tracker.edited(URI, [(0, 1, "")])
+    assert s.rows["r1"] == {"shown": 1, "language": "python"}
+    s.edit(0, 0, "total")  # the editor's accept-word: seen in the change, reported or not
+    assert s.rows["r1"]["accepted_chars"] == 5
+    assert s.accept("r1", 5) is None  # the client's report agrees; partly: no prefetch
     s.edit(5, 5, " = ")
-    s.accept("r1", 8)
     assert s.rows["r1"] == {"shown": 1, "language": "python", "accepted_chars": 8}
     s.wait(30)
     assert s.rows["r1"]["retained_chars_30s"] == 8
+    s.edit(8, 8, "sum(xs)")  # the rest, then the item's command: accepted whole
+    assert s.accept("r1") == 15
+    assert s.rows["r1"]["accepted"] == 1 and s.rows["r1"]["accepted_chars"] == 15
+
+
+def test_a_matching_insertion_after_an_edit_of_the_accepted_part_is_not_an_accept() -> None:
+    s = Session("")
+    shown(s, "total = sum(xs)", 0)
+    s.edit(0, 0, "total")
+    s.edit(0, 1, "")  # otal
+    s.edit(4, 4, " =")
+    assert s.rows["r1"]["accepted_chars"] == 5
 
 
 def test_only_characters_found_where_it_was_shown_count() -> None:
@@ -140,14 +155,14 @@ def test_closing_the_document_records_every_check_still_due() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "change"),
     [
-        pytest.param("abc", "abc", (3, 3, 0), id="same"),
-        pytest.param("abc", "abXc", (2, 2, 1), id="insert"),
-        pytest.param("abcd", "ad", (1, 3, 0), id="delete"),
-        pytest.param("aaa", "aa", (2, 3, 0), id="repeated"),
-        pytest.param("", "xy", (0, 0, 2), id="from-empty"),
+        pytest.param("abc", "abc", (3, 3, ""), id="same"),
+        pytest.param("abc", "abXc", (2, 2, "X"), id="insert"),
+        pytest.param("abcd", "ad", (1, 3, ""), id="delete"),
+        pytest.param("aaa", "aa", (2, 3, ""), id="repeated"),
+        pytest.param("", "xy", (0, 0, "xy"), id="from-empty"),
     ],
 )
 def test_replacement_is_the_one_edit_between_two_texts(old: str, new: str, change: Change) -> None:
     assert replacement(old, new) == change
     start, end, inserted = change
-    assert old[:start] + new[start : start + inserted] + old[end:] == new
+    assert old[:start] + inserted + old[end:] == new
