@@ -128,7 +128,7 @@ def test_accept_word_reports_its_length_and_tab_the_whole_accept(nvim: dict[str,
     partial, whole = nvim["accept_commands"]
     assert partial["command"] == "tandem.partiallyAccepted"
     assert partial["arguments"][1] == byte_col(word)  # utf-8 positions: the length in bytes
-    assert whole == {"command": "tandem.accepted", "arguments": [partial["arguments"][0]]}
+    assert (whole["command"], whole["arguments"]) == ("tandem.accepted", [partial["arguments"][0]])
     # The server found the accepted text in the document: all of it, in characters.
     db = sqlite3.connect(Path(nvim["data"]) / "ledger.sqlite3")
     row = db.execute(
