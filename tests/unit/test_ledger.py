@@ -516,3 +516,19 @@ def test_warns_once_at_80_percent(open_ledger: OpenLedger, prices: Prices) -> No
     assert again.warn is None
     tomorrow = budget.check("gpt-4o", 7 * QUARTER // 2, 0, now=NOW + 86_400)
     assert tomorrow.warn is not None  # a new day warns again
+
+
+def test_saving_rows_kept_in_memory_keeps_the_newer_outcome() -> None:
+    """A row the file has too, saved from memory after the file could be written again: its outcome wins."""
+    disk, memory = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
+    for conn in (disk, memory):
+        ledger_module.migrate(conn)
+        conn.execute(
+            ledger_module._INSERT, ("r1", 1.0, "completion", "local", "m", 10, 2, 0, 0, None, 5.0, "ok", "", 0.0)
+        )
+    disk.execute("UPDATE requests SET shown = 1, language = 'python', retained_chars_30s = 7")
+    memory.execute("UPDATE requests SET shown = 1, language = 'python', accepted = 1, accepted_chars = 9")
+    memory.execute("UPDATE requests SET retained_chars_5m = 4, reversed = 1")
+    disk.executemany(ledger_module._SAVE, memory.execute(f"SELECT {', '.join(COLUMNS)} FROM requests"))
+    row = disk.execute(f"SELECT {', '.join(ledger_module.OUTCOMES)} FROM requests").fetchall()
+    assert row == [(1, "python", 1, 9, 7, 4, 1)]
