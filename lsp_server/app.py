@@ -6,11 +6,11 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Literal
 
-from lsp_server.acceptance import Acceptance, Change
+from lsp_server.acceptance import Acceptance
 from lsp_server.assist import AssistRequest, AssistResult, run_assist
 from lsp_server.backends import Backend
 from lsp_server.backends.factory import ROLES, Role, backend_key, make_backend
@@ -128,12 +128,8 @@ class App:
         self.acceptance.closed(uri)
         self._schedule_retention()
 
-    def edited(self, uri: str, changes: Iterable[Change]) -> None:
-        """One `didChange` of `uri`, as character offsets (see `Acceptance.edited`)."""
-        self.acceptance.edited(uri, changes)
-
     def accepted(
-        self, request_id: str, text_of: Callable[[str], str | None], length: int | None = None, encoding: str = ""
+        self, request_id: str, text_of: Callable[[str], str | None], length: int | None = None, encoding: str = "utf-16"
     ) -> tuple[str, int] | None:
         """The user accepted the suggestion of `request_id`: all of it, or its first `length` code units of
         `encoding`; `text_of` gives an open document's text. The document and offset where the next

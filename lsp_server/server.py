@@ -148,27 +148,17 @@ class TandemProtocol(LanguageServerProtocol):
             log.warning("change to a document that is not open: %s", params.text_document.uri)
             return
         app = self._server.app
-        tracked: list[Change] | None = [] if app is not None and app.acceptance.tracking(doc.uri) else None
-        encoding = self._server.encoding
+        track = app is not None and app.acceptance.tracking(doc.uri)
+        tracked: list[Change] = []
         for change in params.content_changes:  # each costs its own size, not the document's
             try:
-                if isinstance(change, types.TextDocumentContentChangePartial):
-                    (start, end) = span = _span(change.range)
-                    if tracked is not None:  # where it is in the text, for the accepted text it may touch
-                        offsets = (doc.offset_at(*start, encoding), doc.offset_at(*end, encoding))
-                    doc.apply_change(change.text, *span, encoding)
-                    if tracked is not None:
-                        tracked.append((*offsets, change.text))
-                else:
-                    old = doc.text if tracked is not None else ""
-                    doc.text = change.text
-                    if tracked is not None:
-                        tracked.append(replacement(old, doc.text))
+                if (edit := _apply(doc, change, self._server.encoding, track)) is not None:
+                    tracked.append(edit)
             except PositionError as exc:  # rejects only itself: the valid changes of the batch apply
                 self._server.report_once(f"bad change to {doc.uri}: {exc}; that change was left out")
         doc.version = params.text_document.version
         if app is not None and tracked:
-            app.edited(doc.uri, tracked)
+            app.acceptance.edited(doc.uri, tracked)
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
     def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> None:
@@ -489,6 +479,18 @@ def _other_documents(server: TandemServer, doc: Document, most: int = 8) -> tupl
     others = [(d.uri, d.text) for d in server.documents.values() if d.language_id == doc.language_id]
     others = [(uri, text) for uri, text in others if uri != doc.uri]
     return tuple(reversed(others[-most:]))
+
+
+def _apply(doc: Document, change: types.TextDocumentContentChangeEvent, encoding: str, track: bool) -> Change | None:
+    """Apply one content change to `doc`; when `track`, the change as offsets into the text it changed."""
+    if isinstance(change, types.TextDocumentContentChangePartial):
+        start, end = _span(change.range)
+        offsets = (doc.offset_at(*start, encoding), doc.offset_at(*end, encoding)) if track else None
+        doc.apply_change(change.text, start, end, encoding)
+        return None if offsets is None else (*offsets, change.text)
+    old = doc.text if track else ""
+    doc.text = change.text
+    return replacement(old, doc.text) if track else None
 
 
 def _text_of(server: TandemServer) -> Callable[[str], str | None]:
