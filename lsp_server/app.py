@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Literal
 
+from lsp_server.acceptance import Acceptance
 from lsp_server.assist import AssistRequest, AssistResult, run_assist
 from lsp_server.backends import Backend
 from lsp_server.backends.factory import ROLES, Role, backend_key, make_backend
 from lsp_server.budget import Budget
 from lsp_server.completion.engine import Engine, Request, Suggestion, Timing
 from lsp_server.config import Settings, data_dir
+from lsp_server.documents import characters
 from lsp_server.ledger import Ledger, default_path
 from lsp_server.prices import Prices
 from lsp_server.privacy import AuditLog
@@ -83,6 +86,10 @@ class App:
         """The backend of each role; chat None: the completion backend runs commands on this machine too."""
         self.engine = Engine(self._completion(), settings, self.ledger.record)
         self.router = self._router()
+        self.acceptance = Acceptance(self.ledger.record_outcome)
+        """What became of the suggestions shown (in the ledger)."""
+        self._retention: asyncio.TimerHandle | None = None
+        self._prefetches: set[asyncio.Task[None]] = set()
 
     async def complete(
         self, request: Request, path: str, on_partial: Callable[[str], None], timing: Timing
@@ -94,6 +101,14 @@ class App:
             self._report(f"{denied} No completions in this file.", "info")
             return None
         return await self.engine.complete(request, on_partial, timing)
+
+    def prefetch(self, request: Request, path: str) -> None:
+        """Start the suggestion for `request` now (it follows one accepted whole), unless completions are off."""
+        if not self.settings.enabled or self.router.endpoint_denied(path) is not None:
+            return
+        task = asyncio.ensure_future(self.engine.prefetch(request))
+        self._prefetches.add(task)
+        task.add_done_callback(self._prefetched)
 
     async def assist(
         self,
@@ -113,12 +128,25 @@ class App:
             del self._commands[task]
 
     def forget(self, uri: str) -> None:
-        """A document was closed: drop what the engine keeps for it."""
+        """A document was closed: drop what the engine keeps for it, and count what stays of its accepted text."""
         self.engine.forget(uri)
+        self.acceptance.closed(uri)
+        self._schedule_retention()
 
-    def accepted(self, request_id: str) -> None:
-        """The user accepted the suggestion of `request_id`."""
-        self.ledger.record_acceptance(request_id)
+    def accepted(
+        self, request_id: str, text_of: Callable[[str], str | None], length: int | None = None, encoding: str = "utf-16"
+    ) -> tuple[str, int] | None:
+        """The user accepted the suggestion of `request_id`: all of it, or its first `length` code units of
+        `encoding`; `text_of` gives an open document's text. The document and offset where the next
+        suggestion goes when it was accepted whole, else None."""
+        uri, text = self.acceptance.suggestion(request_id) or ("", "")
+        if length is not None:
+            length = characters(text, length, encoding)
+        cursor = self.acceptance.accepted(request_id, (text_of(uri) or "") if uri else "", length)
+        if not uri and length is None:  # shown before this process started: the accept still counts
+            self.ledger.record_outcome(request_id, {"accepted": 1})
+        self._schedule_retention()
+        return None if cursor is None else (uri, cursor)
 
     async def usage(self) -> dict[str, Any]:
         """The ledger's totals, as `tandem usage --json` prints them."""
@@ -179,6 +207,9 @@ class App:
         """Stop running commands and completions (they record what they spent), the backends and the ledger."""
         await self._stop_commands()
         await self.engine.aclose()
+        self.acceptance.close()
+        if self._retention is not None:
+            self._retention.cancel()
         for task in self._starting:
             task.cancel()
         for backend in self.backends.values():
@@ -195,6 +226,23 @@ class App:
             self._starting.add(task)
             task.add_done_callback(self._started)
         return backend
+
+    def _schedule_retention(self) -> None:
+        """Check retention when the next check is due."""
+        if self._retention is not None:
+            self._retention.cancel()
+        due = self.acceptance.due()
+        loop = asyncio.get_running_loop()
+        self._retention = None if due is None else loop.call_later(max(0.0, due - time.monotonic()), self._retain)
+
+    def _retain(self) -> None:
+        self.acceptance.check()
+        self._schedule_retention()
+
+    def _prefetched(self, task: asyncio.Task[None]) -> None:
+        self._prefetches.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("prefetch failed: %s", error)  # the next request asks the model again, and reports
 
     def _started(self, task: asyncio.Task[None]) -> None:
         self._starting.discard(task)

@@ -125,6 +125,15 @@ def units(text: str, encoding: str) -> int:
     return len(text)
 
 
+def characters(text: str, length: int, encoding: str) -> int:
+    """How many characters of `text` its first `length` code units of `encoding` hold (a character cut is out)."""
+    for count, char in enumerate(text):
+        length -= units(char, encoding)
+        if length < 0:
+            return count
+    return len(text)
+
+
 def offset_at(text: str, line: int, character: int, encoding: str) -> int:
     """Index into `text` of an LSP position; a character past the line's end means its end."""
     if line < 0 or character < 0:

@@ -58,6 +58,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX requests_time ON requests (time)",
     ),
+    (
+        "ALTER TABLE requests ADD COLUMN language TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE requests ADD COLUMN shown INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE requests ADD COLUMN accepted_chars INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE requests ADD COLUMN retained_chars_30s INTEGER",
+        "ALTER TABLE requests ADD COLUMN retained_chars_5m INTEGER",
+        "ALTER TABLE requests ADD COLUMN reversed INTEGER NOT NULL DEFAULT 0",
+        # Before this version every completion with outcome "ok" counted as shown.
+        "UPDATE requests SET shown = 1 WHERE task = 'completion' AND outcome = 'ok'",
+    ),
 )
 """Schema migrations: entry i upgrades `PRAGMA user_version` i to i + 1. Append; never edit."""
 
@@ -77,24 +87,43 @@ COLUMNS = (
     "workspace",
     "cost_usd",
     "accepted",
+    "language",
+    "shown",
+    "accepted_chars",
+    "retained_chars_30s",
+    "retained_chars_5m",
+    "reversed",
 )
 """The columns `Ledger.rows` yields, in order."""
+OUTCOMES = COLUMNS[14:]
+"""The columns that say what became of a completion once shown (`Ledger.record_outcome`)."""
+_RECORDED = COLUMNS[:14]
 
-_INSERT = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS[:-1])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
+_INSERT = f"INSERT OR IGNORE INTO requests ({', '.join(_RECORDED)}) VALUES ({', '.join('?' * len(_RECORDED))})"
+# A row saved from memory to a file that has it too: the memory's outcome is newer.
 _SAVE = (
     f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-    " ON CONFLICT (request_id) DO UPDATE SET accepted = max(accepted, excluded.accepted)"
+    " ON CONFLICT (request_id) DO UPDATE SET "
+    + ", ".join(
+        f"{name} = COALESCE(excluded.{name}, {name})"
+        if name.startswith("retained")
+        else f"{name} = max({name}, excluded.{name})"
+        for name in OUTCOMES
+    )
 )
-_ACCEPT = "UPDATE requests SET accepted = 1 WHERE request_id = ?"
-_GROUPED = """
+_OUTCOME_SUMS = """SUM(shown), SUM(accepted), SUM(accepted_chars), COALESCE(SUM(retained_chars_30s), 0),
+           COALESCE(SUM(retained_chars_5m), 0), SUM(reversed)"""
+_GROUPED = f"""
     SELECT backend, model, task, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),
-           SUM(cached_tokens), SUM(cost_usd)
+           SUM(cached_tokens), SUM(cost_usd), {_OUTCOME_SUMS}
     FROM requests WHERE time >= ? GROUP BY backend, model, task ORDER BY backend, model, task
 """
-_ACCEPTANCE = """
-    SELECT model, COUNT(*), SUM(accepted) FROM requests
-    WHERE task = 'completion' AND outcome = 'ok' GROUP BY model ORDER BY model
+_ACCEPTANCE = f"""
+    SELECT model, language, {_OUTCOME_SUMS}, SUM(accepted = 0 AND accepted_chars > 0) FROM requests
+    WHERE task = 'completion' AND shown = 1 GROUP BY model, language ORDER BY model, language
 """
+_OUTCOME_FIELDS = ("shown", "accepted", "acceptedChars", "retainedChars30s", "retainedChars5m", "reversals")
+"""How `tandem usage --json` names the sums of the outcome columns."""
 _SPENT = "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE time >= ? AND backend != 'local'"
 _BATCH = 500
 _BUSY_RETRIES = 2
@@ -301,9 +330,12 @@ class Ledger:
             )
         )
 
-    def record_acceptance(self, request_id: str) -> None:
-        """Mark a completion as accepted by the user (the editor ran the item's command)."""
-        self._write((_ACCEPT, (request_id,)))
+    def record_outcome(self, request_id: str, values: dict[str, str | int]) -> None:
+        """Set `OUTCOMES` columns of a completion: shown, accepted (whole), characters accepted and retained."""
+        unknown = set(values) - set(OUTCOMES)
+        assert not unknown, f"not outcome columns: {unknown}"
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        self._write((f"UPDATE requests SET {assignments} WHERE request_id = ?", (*values.values(), request_id)))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything recorded so far is written; raises TimeoutError after `timeout`."""
@@ -344,7 +376,9 @@ class Ledger:
 
         `totals` (all time) and each of `periods` (today, thisMonth, allTime in local time) hold
         rows of backend, model, kind (the task), requests, promptTokens, completionTokens,
-        cachedTokens, costUsd. `acceptance` counts completions with outcome "ok" as shown.
+        cachedTokens, costUsd and what became of the completions shown: shown, accepted (whole),
+        acceptedChars, retainedChars30s, retainedChars5m, reversals. `acceptance` has the same
+        per model and language of the completions shown, with partiallyAccepted and the rate accepted.
         """
         now = time.time() if now is None else now
         starts = {
@@ -370,8 +404,14 @@ class Ledger:
             "savedUsd": everything["savedUsd"],
             "referenceModel": REFERENCE_MODEL,
             "acceptance": [
-                {"model": model, "shown": shown, "accepted": accepted, "rate": accepted / shown}
-                for model, shown, accepted in acceptance
+                {
+                    "model": model,
+                    "language": language,
+                    **dict(zip(_OUTCOME_FIELDS, sums, strict=True)),
+                    "partiallyAccepted": partial,
+                    "rate": sums[1] / sums[0],
+                }
+                for model, language, *sums, partial in acceptance
             ],
             "unpricedModels": sorted(
                 {
@@ -396,8 +436,9 @@ class Ledger:
                 "completionTokens": completion,
                 "cachedTokens": cached,
                 "costUsd": round(cost, 6),
+                **dict(zip(_OUTCOME_FIELDS, outcomes, strict=True)),
             }
-            for backend, model, task, requests, prompt, completion, cached, cost in grouped
+            for backend, model, task, requests, prompt, completion, cached, cost, *outcomes in grouped
         ]
         local = [row for row in rows if row["backend"] in LOCAL_BACKENDS]
         tokens = sum(row["promptTokens"] + row["completionTokens"] for row in rows)

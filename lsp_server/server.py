@@ -18,6 +18,7 @@ from pygls.protocol import JsonRPCNotification, LanguageServerProtocol, lsp_meth
 from pygls.uris import to_fs_path
 
 from lsp_server import __version__
+from lsp_server.acceptance import Change, replacement
 from lsp_server.app import App, Level, Report
 from lsp_server.assist import AssistRequest, AssistResult
 from lsp_server.backends import BackendError
@@ -32,6 +33,9 @@ GHOST_TEXT = "tandem/ghostText"
 """Notification: the ghost text so far while a suggestion streams."""
 ASSIST_CHUNK = "tandem/assistChunk"
 """Notification: the next chunk of an explain / debug / refactor reply."""
+PARTIALLY_ACCEPTED = "tandem.partiallyAccepted"
+"""Command: [requestId, acceptedLength], the suggestion's first acceptedLength code units (the position
+encoding's) are accepted, as the editor's accept-word or accept-line put them in the document."""
 ASSIST_COMMANDS = frozenset({"tandem.explain", "tandem.debug", "tandem.refactor"})
 """The commands that ask a model about a selection (pygls cannot cancel them; tandem does)."""
 _IGNORED = "$/tandem/answeredMalformedRequest"
@@ -143,15 +147,18 @@ class TandemProtocol(LanguageServerProtocol):
         if doc is None:
             log.warning("change to a document that is not open: %s", params.text_document.uri)
             return
+        app = self._server.app
+        track = app is not None and app.acceptance.tracking(doc.uri)
+        tracked: list[Change] = []
         for change in params.content_changes:  # each costs its own size, not the document's
             try:
-                if isinstance(change, types.TextDocumentContentChangePartial):
-                    doc.apply_change(change.text, *_span(change.range), self._server.encoding)
-                else:
-                    doc.text = change.text
+                if (edit := _apply(doc, change, self._server.encoding, track)) is not None:
+                    tracked.append(edit)
             except PositionError as exc:  # rejects only itself: the valid changes of the batch apply
                 self._server.report_once(f"bad change to {doc.uri}: {exc}; that change was left out")
         doc.version = params.text_document.version
+        if app is not None and tracked:
+            app.acceptance.edited(doc.uri, tracked)
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
     def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> None:
@@ -292,6 +299,9 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
         if suggestion is None:
             return types.InlineCompletionList(items=[])
         pending.shown = timing
+        current = ls.documents.get(uri)
+        if current is not None and current.version == doc.version:  # else the editor drops it: not shown
+            app.acceptance.shown(suggestion.request_id, uri, doc.language_id, suggestion.start, suggestion.text)
         info = params.context.selected_completion_info
         accepted = types.Command(title="Accepted", command="tandem.accepted", arguments=[suggestion.request_id])
         replace = info.range if info is not None else types.Range(pos, pos)
@@ -347,7 +357,24 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
     async def accepted(ls: TandemServer, *args: Any) -> None:
         app = await ls.ready_app()
         if args and isinstance(args[0], str):
-            app.accepted(args[0])
+            follow = app.accepted(args[0], _text_of(ls))
+            doc = None if follow is None else ls.documents.get(follow[0])
+            if follow is not None and doc is not None:
+                request = Request(
+                    uri=doc.uri,
+                    text=doc.text,
+                    cursor=follow[1],
+                    workspace=_workspace_root(ls),
+                    others=_other_documents(ls, doc),
+                )
+                app.prefetch(request, to_fs_path(doc.uri) or doc.uri)
+
+    @server.command(PARTIALLY_ACCEPTED)
+    async def partially_accepted(ls: TandemServer, *args: Any) -> None:
+        if len(args) != 2 or not isinstance(args[0], str) or not isinstance(args[1], int) or args[1] < 0:
+            raise JsonRpcInvalidParams(f"{PARTIALLY_ACCEPTED} takes [requestId, acceptedLength], not {list(args)}")
+        app = await ls.ready_app()
+        app.accepted(args[0], _text_of(ls), args[1], ls.encoding)
 
     return server
 
@@ -458,6 +485,28 @@ def _other_documents(server: TandemServer, doc: Document, most: int = 8) -> tupl
     others = [(d.uri, d.text) for d in server.documents.values() if d.language_id == doc.language_id]
     others = [(uri, text) for uri, text in others if uri != doc.uri]
     return tuple(reversed(others[-most:]))
+
+
+def _apply(doc: Document, change: types.TextDocumentContentChangeEvent, encoding: str, track: bool) -> Change | None:
+    """Apply one content change to `doc`; when `track`, the change as offsets into the text it changed."""
+    if isinstance(change, types.TextDocumentContentChangePartial):
+        start, end = _span(change.range)
+        offsets = (doc.offset_at(*start, encoding), doc.offset_at(*end, encoding)) if track else None
+        doc.apply_change(change.text, start, end, encoding)
+        return None if offsets is None else (*offsets, change.text)
+    old = doc.text if track else ""
+    doc.text = change.text
+    return replacement(old, doc.text) if track else None
+
+
+def _text_of(server: TandemServer) -> Callable[[str], str | None]:
+    """The text of an open document, by uri."""
+
+    def text_of(uri: str) -> str | None:
+        doc = server.documents.get(uri)
+        return None if doc is None else doc.text
+
+    return text_of
 
 
 def _workspace_root(server: TandemServer) -> str:

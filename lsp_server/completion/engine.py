@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from lsp_server.backends import Ahead, Backend, Generation, TextPrompt
 from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess, repeats_nearby
@@ -91,6 +91,10 @@ class Counters:
     """Tokens drafted by prompt lookup and checked by the model, kept or not (ahead or for a generation)."""
     draftedTokensKept: int = 0
     """Of the drafted tokens, those the model chose too (counted among the generated tokens)."""
+    prefetched: int = 0
+    """Suggestions started at once after a suggestion was accepted whole, for the request that follows."""
+    prefetchUsed: int = 0
+    """Of those, the ones a request was then served from."""
 
 
 class AdaptiveDebounce:
@@ -134,6 +138,8 @@ class _Shown:
     suffix: str
     text: str
     request_id: str
+    prefetched: bool = False
+    """Made by a prefetch and not yet served."""
 
 
 @dataclass
@@ -142,6 +148,8 @@ class _Running:
 
     request: Request
     answer: asyncio.Future[Suggestion | None]
+    prefetched: bool = False
+    """A prefetch no request has joined yet."""
 
 
 @dataclass
@@ -231,21 +239,45 @@ class Engine:
         self, req: Request, on_partial: Callable[[str], None] = lambda text: None, timing: Timing | None = None
     ) -> Suggestion | None:
         """The newest request of a document gets a suggestion; older ones get None. `timing` gets its stage times."""
-        started = time.perf_counter()
         self.counters.inlineRequests += 1
         slot = self._slots.setdefault(req.uri, _Slot())
-        running = slot.running
-        if running is not None and not running.answer.done() and running.request == req:
+        running = self._running(slot, req)
+        if running is not None:
             # The same request again (an editor re-asking while ghost text streams): share the answer.
             self.counters.joinedRequests += 1
+            if running.prefetched:
+                running.prefetched = False
+                self.counters.prefetchUsed += 1
             return await asyncio.shield(running.answer)
+        return await self._run(req, slot, on_partial, timing or Timing())
+
+    async def prefetch(self, req: Request) -> None:
+        """Start the suggestion for `req` now, without a debounce (a suggestion was just accepted whole, so the
+        model is idle and the editor will ask at the end of the accepted text); the request joins it or is
+        served from it. Nothing is started when that request already runs."""
+        slot = self._slots.setdefault(req.uri, _Slot())
+        if self._running(slot, req) is None:
+            self.counters.prefetched += 1
+            await self._run(replace(req, invoked=True), slot, lambda text: None, Timing(), prefetch=True)
+
+    def _running(self, slot: _Slot, req: Request) -> _Running | None:
+        """The generation of `slot` still running for the same request (however it was triggered)."""
+        running = slot.running
+        if running is None or running.answer.done() or replace(req, invoked=running.request.invoked) != running.request:
+            return None
+        return running
+
+    async def _run(
+        self, req: Request, slot: _Slot, on_partial: Callable[[str], None], timing: Timing, prefetch: bool = False
+    ) -> Suggestion | None:
+        """Serve `req` as the newest request of its document."""
+        started = time.perf_counter()
         ticket = slot.supersede()
         answer: asyncio.Future[Suggestion | None] = asyncio.get_running_loop().create_future()
-        slot.running = _Running(req, answer)
+        slot.running = _Running(req, answer, prefetch)
         suggestion = None
-        timing = timing or Timing()
         try:
-            suggestion = await self._complete(req, slot, ticket, on_partial, started, timing)
+            suggestion = await self._complete(req, slot, ticket, on_partial, started, timing, prefetch)
             return suggestion
         finally:
             answer.set_result(suggestion)
@@ -259,16 +291,23 @@ class Engine:
         on_partial: Callable[[str], None],
         started: float,
         timing: Timing,
+        prefetch: bool = False,
     ) -> Suggestion | None:
         if req.selected is not None:
             req = _apply_selected(req)
         if (hit := _typed_ahead(slot.shown, req)) is not None:
             self.counters.cacheHits += 1
+            if slot.shown is not None and slot.shown.prefetched:
+                slot.shown.prefetched = False
+                self.counters.prefetchUsed += 1
             return self._answer(hit, req, started)
         if not _COMPLETABLE_SUFFIX.fullmatch(_line_suffix(req.text, req.cursor)):
             self.counters.skippedRequests += 1
             return None
-        ctx = Context.at(req.text, req.cursor, self._settings.multiline)
+        multiline = self._settings.multiline
+        if prefetch and multiline == "auto":  # after an accepted line the cursor ends it: what follows is below
+            multiline = "always"
+        ctx = Context.at(req.text, req.cursor, multiline)
         backend = self._backend
         prompt = build_prompt(
             req.text, req.cursor, await backend.template(), self._settings.prompt_tokens, others=req.others
@@ -293,7 +332,9 @@ class Engine:
         )
         if not text:
             return None
-        slot.shown = _Shown(req.text[: req.cursor], req.text[req.cursor :], text, request_id)
+        slot.shown = _Shown(req.text[: req.cursor], req.text[req.cursor :], text, request_id, prefetch)
+        if prefetch:  # no one waits for it: its latency is not one a user saw
+            return Suggestion(text, req.cursor, req.cursor, request_id)
         return self._answer(Suggestion(text, req.cursor, req.cursor, request_id), req, started)
 
     def forget(self, uri: str) -> None:

@@ -59,10 +59,7 @@ def render_table(report: dict[str, Any]) -> str:
         )
     if report["acceptance"]:
         lines += ["", "Accepted completions"]
-        lines += [
-            f"  {row['model']}: {row['accepted']:,} of {row['shown']:,} shown ({row['rate']:.0%})"
-            for row in report["acceptance"]
-        ]
+        lines += [_acceptance_line(row) for row in report["acceptance"]]
     if report["unpricedModels"]:
         lines += [
             "",
@@ -70,6 +67,22 @@ def render_table(report: dict[str, Any]) -> str:
             '(set cloud.prices, e.g. {"model": {"input": 1.0, "output": 2.0}}).',
         ]
     return "\n".join(lines)
+
+
+def _acceptance_line(row: dict[str, Any]) -> str:
+    """One model and language: how many suggestions were taken, and how much of their text stayed."""
+    language = f" ({row['language']})" if row["language"] else ""
+    line = f"  {row['model']}{language}: {row['accepted']:,} of {row['shown']:,} shown ({row['rate']:.0%})"
+    if row["partiallyAccepted"]:
+        line += f", {row['partiallyAccepted']:,} in part"
+    if row["acceptedChars"]:
+        line += (
+            f"; {row['acceptedChars']:,} characters accepted, {row['retainedChars30s']:,} still there"
+            f" after 30 s, {row['retainedChars5m']:,} after 5 min"
+        )
+    if row["reversals"]:
+        line += f"; {row['reversals']:,} undone at once"
+    return line
 
 
 def _grid(cells: list[list[str]]) -> list[str]:

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,7 @@ def nvim(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             f"stderr: {run.stderr[-3000:]}\nLSP log:\n{server_log}"
         )
     record["sample"] = sample.as_uri()
+    record["data"] = str(tmp / "data")
     return record
 
 
@@ -118,6 +120,21 @@ def test_accept_word_then_tab_inserts_after_the_cursor_in_undo_steps(nvim: dict[
     assert after["cursor"] == [ROW + len(inserted), byte_col(inserted[-1])]
     assert nvim["undo1"]["lines"] == after_word["lines"]  # one `u` takes back the Tab's text, no more
     assert nvim["undo2"]["lines"] == before["lines"]
+
+
+def test_accept_word_reports_its_length_and_tab_the_whole_accept(nvim: dict[str, Any]) -> None:
+    final = nvim["before"]["ghost"]["text"]
+    word = nvim["after_word"]["lines"][ROW][len(LINE) :]
+    partial, whole = nvim["accept_commands"]
+    assert partial["command"] == "tandem.partiallyAccepted"
+    assert partial["arguments"][1] == byte_col(word)  # utf-8 positions: the length in bytes
+    assert (whole["command"], whole["arguments"]) == ("tandem.accepted", [partial["arguments"][0]])
+    # The server found the accepted text in the document: all of it, in characters.
+    db = sqlite3.connect(Path(nvim["data"]) / "ledger.sqlite3")
+    row = db.execute(
+        "SELECT shown, accepted, accepted_chars, language FROM requests WHERE request_id = ?", whole["arguments"]
+    ).fetchone()
+    assert row == (1, 1, len(final), "python")
 
 
 def test_dismiss_hides_the_ghost_text_and_tab_then_inserts_a_tab(nvim: dict[str, Any]) -> None:
@@ -166,7 +183,8 @@ def test_usage_command_shows_tokens_and_the_accepted_completion(nvim: dict[str, 
     rows = [line.split(" | ") for line in lines if line.startswith("| local | ")]
     assert {row[2] for row in rows} == {"completion", "explain"}
     assert all(int(row[3]) >= 1 for row in rows)
-    assert any(re.fullmatch(r"- .+: 1 of \d+ shown", line) for line in lines), lines  # tandem.accepted ran once
+    accepted = r"- .+ \(python\): 1 of \d+ shown; \d+ characters accepted, \d+ still there after 30 s, \d+ after 5 min"
+    assert any(re.fullmatch(accepted, line) for line in lines), lines  # tandem.accepted ran once
 
 
 def test_toggle_pauses_completions(nvim: dict[str, Any]) -> None:

@@ -6,7 +6,16 @@ import random
 
 import pytest
 
-from lsp_server.documents import Document, PositionError, apply_change, clean, offset_at, span_at, units
+from lsp_server.documents import (
+    Document,
+    PositionError,
+    apply_change,
+    characters,
+    clean,
+    offset_at,
+    span_at,
+    units,
+)
 
 ENCODINGS = ["utf-8", "utf-16", "utf-32"]
 TEXT = "import os\r\nname = 'Grüße 😀!'\n\ndef f():\n    return 1"
@@ -163,3 +172,18 @@ def test_replacing_a_lone_surrogate_keeps_the_clients_positions(encoding: str) -
     doc = Document("u", "python", 1, LONE)
     assert doc.text[doc.offset_at(0, after, encoding)] == "x"
     assert span_at(doc.text, (0, after), (0, after + 1), encoding) == (3, 4)
+
+
+@pytest.mark.parametrize(
+    ("length", "encoding", "expected"),
+    [
+        pytest.param(3, "utf-8", 2, id="utf-8-after-u-umlaut"),
+        pytest.param(2, "utf-8", 1, id="utf-8-cuts-no-character"),
+        pytest.param(4, "utf-16", 4, id="utf-16-before-emoji"),
+        pytest.param(5, "utf-16", 4, id="utf-16-half-an-emoji"),
+        pytest.param(6, "utf-16", 5, id="utf-16-after-emoji"),
+        pytest.param(10, "utf-32", 6, id="past-the-end"),
+    ],
+)
+def test_characters_in_code_units(length: int, encoding: str, expected: int) -> None:
+    assert characters("aüb.😀c", length, encoding) == expected

@@ -97,3 +97,40 @@ async def test_out_of_tokens_mid_line_shows_only_whole_lines() -> None:
     text = "def f(items):\n    "
     suggestion = await eng.complete(Request("u", text, len(text), invoked=True))
     assert suggestion is not None and suggestion.text == "total = 0"
+
+
+PREFETCH_AT = "def total(xs):\n    result = 0\n"
+
+
+async def test_a_request_arriving_while_the_prefetch_runs_joins_it() -> None:
+    eng, backend = engine("    for x in xs: result += x")
+    req = Request("u", PREFETCH_AT, len(PREFETCH_AT))
+    prefetch = asyncio.ensure_future(eng.prefetch(req))
+    await until(lambda: backend.sent > 0)
+    suggestion = await eng.complete(req)  # automatic, as the editor asks after the accept
+    await prefetch
+    assert suggestion is not None and suggestion.text.startswith("    for x in xs")
+    assert len(backend.prompts) == 1
+    assert (eng.counters.prefetched, eng.counters.prefetchUsed, eng.counters.joinedRequests) == (1, 1, 1)
+
+
+async def test_a_request_after_the_prefetch_is_served_from_it_once() -> None:
+    eng, backend = engine("    return sum(xs)")
+    req = Request("u", PREFETCH_AT, len(PREFETCH_AT))
+    await eng.prefetch(req)
+    assert eng.status()["latencyMs"] == {"count": 0}  # no one waited for it
+    first = await eng.complete(req)
+    again = await eng.complete(req)
+    assert first is not None and first.from_cache and again is not None and again.from_cache
+    assert len(backend.prompts) == 1
+    assert (eng.counters.prefetched, eng.counters.prefetchUsed, eng.counters.cacheHits) == (1, 1, 2)
+
+
+async def test_no_prefetch_when_the_same_request_already_runs() -> None:
+    eng, backend = engine("    return sum(xs)")
+    req = Request("u", PREFETCH_AT, len(PREFETCH_AT))
+    running = asyncio.ensure_future(eng.complete(req))
+    await until(lambda: backend.sent > 0)
+    await eng.prefetch(req)
+    assert await running is not None
+    assert (eng.counters.prefetched, len(backend.prompts)) == (0, 1)

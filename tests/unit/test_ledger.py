@@ -152,6 +152,7 @@ def test_report_totals_per_backend_model_and_task(open_ledger: OpenLedger) -> No
             "completionTokens": 300,
             "cachedTokens": 0,
             "costUsd": pytest.approx((2000 * 2.5 + 300 * 10.0) / 1e6),
+            **NOTHING_SHOWN,
         },
         {
             "backend": "local",
@@ -162,6 +163,7 @@ def test_report_totals_per_backend_model_and_task(open_ledger: OpenLedger) -> No
             "completionTokens": 50,
             "cachedTokens": 0,
             "costUsd": 0.0,
+            **NOTHING_SHOWN,
         },
     ]
     assert report["pricesDate"] == Prices.load().date
@@ -195,15 +197,49 @@ def test_local_share_and_money_saved_against_the_reference_model(open_ledger: Op
     assert report["referenceModel"] == "gpt-4o"
 
 
-def test_acceptance_per_model(open_ledger: OpenLedger) -> None:
+NOTHING_SHOWN = dict.fromkeys(
+    ("shown", "accepted", "acceptedChars", "retainedChars30s", "retainedChars5m", "reversals"), 0
+)
+
+
+def test_outcomes_per_model_and_language(open_ledger: OpenLedger) -> None:
     ledger = open_ledger()
-    shown = [local() for _ in range(4)]
-    for entry in shown:
+    shown = [local() for _ in range(5)]
+    for entry in [*shown, local(outcome="cancelled"), local()]:  # the last two never shown
         ledger.record(entry)
-    ledger.record(local(outcome="cancelled"))
-    ledger.record_acceptance(shown[0].request_id)
-    ledger.record_acceptance("no-such-request")
-    assert ledger.report()["acceptance"] == [{"model": "gemma-3-270m", "shown": 4, "accepted": 1, "rate": 0.25}]
+    for entry in shown:
+        ledger.record_outcome(entry.request_id, {"shown": 1, "language": "python"})
+    ledger.record_outcome(shown[4].request_id, {"language": "rust"})
+    accepted = {"accepted": 1, "accepted_chars": 20, "retained_chars_30s": 15, "retained_chars_5m": 12}
+    ledger.record_outcome(shown[0].request_id, accepted)
+    ledger.record_outcome(shown[1].request_id, {"accepted_chars": 4, "retained_chars_30s": 4})  # partly
+    ledger.record_outcome(shown[2].request_id, {**accepted, "reversed": 1, "retained_chars_30s": 0})
+    ledger.record_outcome("no-such-request", {"accepted": 1})
+    report = ledger.report()
+    assert report["acceptance"] == [
+        {
+            "model": "gemma-3-270m",
+            "language": "python",
+            "shown": 4,
+            "accepted": 2,
+            "acceptedChars": 44,
+            "retainedChars30s": 19,
+            "retainedChars5m": 24,
+            "reversals": 1,
+            "partiallyAccepted": 1,
+            "rate": 0.5,
+        },
+        {"model": "gemma-3-270m", "language": "rust", **NOTHING_SHOWN, "shown": 1, "partiallyAccepted": 0, "rate": 0.0},
+    ]
+    row = next(row for row in report["totals"] if row["model"] == "gemma-3-270m")
+    assert {key: row[key] for key in NOTHING_SHOWN} == {
+        "shown": 5,
+        "accepted": 2,
+        "acceptedChars": 44,
+        "retainedChars30s": 19,
+        "retainedChars5m": 24,
+        "reversals": 1,
+    }
 
 
 def test_cloud_models_without_a_price_are_named(open_ledger: OpenLedger) -> None:
@@ -278,7 +314,7 @@ def test_a_request_that_finishes_after_close_is_still_recorded(tmp_path: Path, p
     ledger.record(local(request_id="before"))
     ledger.close()
     ledger.record(local(request_id="late"))  # written at once, not raised and not dropped
-    ledger.record_acceptance("late")
+    ledger.record_outcome("late", {"accepted": 1})
     assert query(default_path(tmp_path), "SELECT request_id, accepted FROM requests") == [("before", 0), ("late", 1)]
     with pytest.raises(RuntimeError, match="closed"):
         ledger.report()
@@ -335,7 +371,7 @@ def test_opening_a_v0_file_upgrades_it(open_ledger: OpenLedger, tmp_path: Path) 
     ledger = open_ledger(path)
     ledger.record(cloud())
     ledger.flush()
-    assert query(path, "PRAGMA user_version") == [(1,)]
+    assert query(path, "PRAGMA user_version") == [(len(ledger_module.MIGRATIONS),)]
     assert query(path, "SELECT text FROM notes") == [("kept",)]
     assert query(path, "SELECT COUNT(*) FROM requests") == [(1,)]
 
@@ -355,8 +391,35 @@ def test_a_new_migration_upgrades_an_existing_ledger_keeping_its_rows(
     second.record(cloud())
     second.flush()
     path = default_path(tmp_path)
-    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert query(path, "PRAGMA user_version") == [(len(ledger_module.MIGRATIONS),)]
     assert query(path, "SELECT note FROM requests") == [("v2",), ("v2",)]
+
+
+def test_a_version_1_ledger_keeps_its_rows_and_counts_its_completions_as_shown(
+    open_ledger: OpenLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger_module, "MIGRATIONS", ledger_module.MIGRATIONS[:1])
+        old = open_ledger()
+        for entry in (local(request_id="taken"), local(request_id="left"), local(outcome="empty"), cloud()):
+            old.record(entry)
+        old.flush()
+        old._write(("UPDATE requests SET accepted = 1 WHERE request_id = 'taken'", ()))
+        old.close()
+    ledger = open_ledger()
+    report = ledger.report()
+    assert report["acceptance"] == [
+        {
+            "model": "gemma-3-270m",
+            "language": "",
+            **NOTHING_SHOWN,
+            "shown": 2,
+            "accepted": 1,
+            "partiallyAccepted": 0,
+            "rate": 0.5,
+        }
+    ]
+    assert sum(row["requests"] for row in report["totals"]) == 4
 
 
 def test_a_file_from_a_newer_version_is_used_as_it_is(open_ledger: OpenLedger, tmp_path: Path) -> None:
@@ -453,3 +516,19 @@ def test_warns_once_at_80_percent(open_ledger: OpenLedger, prices: Prices) -> No
     assert again.warn is None
     tomorrow = budget.check("gpt-4o", 7 * QUARTER // 2, 0, now=NOW + 86_400)
     assert tomorrow.warn is not None  # a new day warns again
+
+
+def test_saving_rows_kept_in_memory_keeps_the_newer_outcome() -> None:
+    """A row the file has too, saved from memory after the file could be written again: its outcome wins."""
+    disk, memory = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
+    for conn in (disk, memory):
+        ledger_module.migrate(conn)
+        conn.execute(
+            ledger_module._INSERT, ("r1", 1.0, "completion", "local", "m", 10, 2, 0, 0, None, 5.0, "ok", "", 0.0)
+        )
+    disk.execute("UPDATE requests SET shown = 1, language = 'python', retained_chars_30s = 7")
+    memory.execute("UPDATE requests SET shown = 1, language = 'python', accepted = 1, accepted_chars = 9")
+    memory.execute("UPDATE requests SET retained_chars_5m = 4, reversed = 1")
+    disk.executemany(ledger_module._SAVE, memory.execute(f"SELECT {', '.join(COLUMNS)} FROM requests"))
+    row = disk.execute(f"SELECT {', '.join(ledger_module.OUTCOMES)} FROM requests").fetchall()
+    assert row == [(1, "python", 1, 9, 7, 4, 1)]

@@ -31,7 +31,8 @@ def seed(data_dir: Path, *entries: Entry, accepted: tuple[str, ...] = ()) -> Non
     for entry in entries:
         ledger.record(entry)
     for request_id in accepted:
-        ledger.record_acceptance(request_id)
+        outcome = {"shown": 1, "accepted": 1, "language": "python", "accepted_chars": 20, "retained_chars_30s": 15}
+        ledger.record_outcome(request_id, {**outcome, "retained_chars_5m": 12})
     ledger.close()
 
 
@@ -49,6 +50,7 @@ def test_json_prints_the_totals(data_dir: Path, capsys: pytest.CaptureFixture[st
         "completionTokens": 200,
         "cachedTokens": 0,
         "costUsd": pytest.approx(0.0045),
+        **dict.fromkeys(("shown", "accepted", "acceptedChars", "retainedChars30s", "retainedChars5m", "reversals"), 0),
     }
     assert by_backend["local"]["promptTokens"] == 3000
     assert by_backend["local"]["costUsd"] == 0
@@ -78,7 +80,9 @@ def test_table_shows_periods_share_savings_and_acceptance(data_dir: Path, capsys
     assert f"local share {3100 / 4320:.1%} of tokens" in out
     saved = Prices.load().cost("gpt-4o", 3000, 100)
     assert f"saved ${saved:.4f} against gpt-4o" in out
-    assert "gemma-3-270m: 1 of 1 shown (100%)" in out
+    assert (
+        "gemma-3-270m (python): 1 of 1 shown (100%); 20 characters accepted, 15 still there after 30 s, 12 after 5 min"
+    ) in out
     assert "No price known for brand-new-model" in out
 
 

@@ -86,6 +86,14 @@ lua(
       table.insert(_G.test.requests, { method = request.method, type = request.type })
     end,
   })
+  -- The commands the plugin runs on the server (the item's, and the partial accept reports).
+  _G.test.commands = {}
+  local lsp = require("tandem.lsp")
+  local execute = lsp.execute
+  lsp.execute = function(client, command, ...)
+    table.insert(_G.test.commands, command)
+    return execute(client, command, ...)
+  end
   function _G.test.pending()
     local client = require("tandem.lsp").client(0)
     for _, request in pairs(client and client.requests or {}) do
@@ -159,6 +167,7 @@ local ok, err = xpcall(function()
   record.after_word = lua("return _G.test.state()")
   keys("<Tab>")
   record.after_accept = lua("return _G.test.state()")
+  record.accept_commands = lua("return _G.test.commands")
   keys("<Esc>u")
   record.undo1 = lua("return _G.test.state()")
   keys("u")

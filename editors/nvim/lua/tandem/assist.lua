@@ -224,7 +224,17 @@ local function usage_lines(report)
   if type(report.acceptance) == "table" and #report.acceptance > 0 then
     vim.list_extend(lines, { "", "## Accepted completions", "" })
     for _, row in ipairs(report.acceptance) do
-      table.insert(lines, ("- %s: %d of %d shown"):format(row.model, row.accepted, row.shown))
+      local language = (row.language or "") ~= "" and (" (%s)"):format(row.language) or ""
+      local line = ("- %s%s: %d of %d shown"):format(row.model, language, row.accepted, row.shown)
+      if (row.acceptedChars or 0) > 0 then
+        line = line
+          .. ("; %d characters accepted, %d still there after 30 s, %d after 5 min"):format(
+            row.acceptedChars,
+            row.retainedChars30s,
+            row.retainedChars5m
+          )
+      end
+      table.insert(lines, line)
     end
   end
   return lines

@@ -221,6 +221,22 @@ local function part(text, kind)
   return text
 end
 
+--- Tell the server how much of the item is in the document once part of it, `taken`, was accepted:
+--- the length of its start now inserted, in the client's position units (bytes in utf-8).
+local function report_partial(state, taken)
+  local item = state.item
+  local client = vim.lsp.get_client_by_id(state.client_id)
+  if not (client and item and item.command and type(item.insertText) == "string") then
+    return
+  end
+  local accepted = #item.insertText - #state.text + taken
+  if client.offset_encoding ~= "utf-8" then
+    accepted = vim.str_utfindex(item.insertText:sub(1, accepted), client.offset_encoding)
+  end
+  local command = { command = "tandem.partiallyAccepted", arguments = { item.command.arguments[1], accepted } }
+  lsp.execute(client, command, state.buf)
+end
+
 --- Insert the shown suggestion (or its next word or line) at the cursor, as one undo step.
 function M.accept(kind)
   if not M.visible() then
@@ -235,6 +251,7 @@ function M.accept(kind)
   api.nvim_win_set_cursor(0, { row + 1, col })
   if #text < #state.text then
     render(state.text:sub(#text + 1), state.item, state.client_id)
+    report_partial(state, #text)
     return
   end
   clear()
