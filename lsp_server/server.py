@@ -143,10 +143,14 @@ class TandemProtocol(LanguageServerProtocol):
         if doc is None:
             log.warning("change to a document that is not open: %s", params.text_document.uri)
             return
+        app = self._server.app
         for change in params.content_changes:  # each costs its own size, not the document's
             try:
                 if isinstance(change, types.TextDocumentContentChangePartial):
-                    doc.apply_change(change.text, *_span(change.range), self._server.encoding)
+                    start, end = _span(change.range)
+                    doc.apply_change(change.text, start, end, self._server.encoding)
+                    if app is not None:
+                        app.edited(doc.uri, start[0], end[0] - start[0], change.text.count("\n"))
                 else:
                     doc.text = change.text
             except PositionError as exc:  # rejects only itself: the valid changes of the batch apply
@@ -155,9 +159,9 @@ class TandemProtocol(LanguageServerProtocol):
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
     def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> None:
-        self._server.documents.pop(params.text_document.uri, None)
+        doc = self._server.documents.pop(params.text_document.uri, None)
         if self._server.app is not None:
-            self._server.app.forget(params.text_document.uri)
+            self._server.app.forget(params.text_document.uri, None if doc is None else doc.text)
 
 
 class TandemServer(LanguageServer):
@@ -297,6 +301,12 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
         replace = info.range if info is not None else types.Range(pos, pos)
         item = types.InlineCompletionItem(insert_text=suggestion.text, range=replace, command=accepted)
         return types.InlineCompletionList(items=[item])
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=False))
+    def did_save(ls: TandemServer, params: types.DidSaveTextDocumentParams) -> None:
+        doc = ls.documents.get(params.text_document.uri)
+        if doc is not None and ls.app is not None:
+            ls.app.saved(doc.uri, doc.text)
 
     kinds = [types.CodeActionKind.Refactor, types.CodeActionKind.RefactorRewrite, types.CodeActionKind.QuickFix]
 

@@ -41,6 +41,18 @@ class Fim:
 
 
 @dataclass(frozen=True)
+class Repo:
+    """A family's repository-level format: how other files' code goes before the FIM prompt."""
+
+    name: str
+    """Opens the prompt; `{name}` is the workspace folder's name. Empty: the family has no marker for it."""
+    file: str
+    """One other file's code: `{path}` and `{code}`."""
+    current: str
+    """Closes the other files and names the current one (`{path}`), right before the FIM prompt."""
+
+
+@dataclass(frozen=True)
 class Quant:
     """One downloadable file of a model."""
 
@@ -79,6 +91,8 @@ class Card:
     """Recommended quantizations, the first one the default."""
     fim: Fim | None = None
     """None: no fill-in-the-middle (chat models, the embedded Gemma)."""
+    repo: Repo | None = None
+    """None: the family has no file separators; other files' code goes in comments."""
 
     def quant(self, name: str | None = None) -> Quant:
         """The named quantization, or the card's first (recommended) one."""
@@ -128,6 +142,12 @@ def parse_card(text: str, where: str) -> Card:
             stop=_strings(f, "stop", where),
             names=_strings(f, "names", where),
         )
+    repo = None
+    if "repo" in data:
+        r = _field(data, "repo", dict, where)
+        repo = Repo(
+            name=r.get("name", ""), file=_field(r, "file", str, where), current=_field(r, "current", str, where)
+        )
     quants = []
     for q in data.get("quant", []):
         quant = Quant(
@@ -155,6 +175,7 @@ def parse_card(text: str, where: str) -> Card:
         license=_field(data, "license", str, where),
         quants=tuple(quants),
         fim=fim,
+        repo=repo,
     )
 
 
