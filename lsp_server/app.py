@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any, Literal
 
 from lsp_server.assist import AssistRequest, AssistResult, run_assist
@@ -18,7 +18,6 @@ from lsp_server.config import Settings, data_dir
 from lsp_server.ledger import Ledger, default_path
 from lsp_server.prices import Prices
 from lsp_server.privacy import AuditLog
-from lsp_server.recent import RecentChunks, display_path
 from lsp_server.router import Router
 
 log = logging.getLogger(__name__)
@@ -84,8 +83,6 @@ class App:
         """The backend of each role; chat None: the completion backend runs commands on this machine too."""
         self.engine = Engine(self._completion(), settings, self.ledger.record)
         self.router = self._router()
-        self.recent = RecentChunks(settings.recent_chunks)
-        """The workspace's ring of chunks around recent edits."""
 
     async def complete(
         self, request: Request, path: str, on_partial: Callable[[str], None], timing: Timing
@@ -96,10 +93,6 @@ class App:
         if (denied := self.router.endpoint_denied(path)) is not None:
             self._report(f"{denied} No completions in this file.", "info")
             return None
-        chunks = self.recent.context(request.uri, request.text, request.cursor, dict(request.others))
-        if chunks:
-            recent = tuple((display_path(chunk.uri, self.root), chunk) for chunk in chunks)
-            request = replace(request, recent=recent, path=display_path(request.uri, self.root))
         return await self.engine.complete(request, on_partial, timing)
 
     async def assist(
@@ -114,18 +107,8 @@ class App:
         finally:
             del self._commands[task]
 
-    def edited(self, uri: str, first: int, removed: int, inserted: int) -> None:
-        """An edit of `uri` replaced `removed` + 1 lines from line `first` by `inserted` + 1 lines."""
-        self.recent.edited(uri, first, removed, inserted)
-
-    def saved(self, uri: str, text: str) -> None:
-        """`uri` was saved with `text`."""
-        self.recent.saved(uri, text)
-
-    def forget(self, uri: str, text: str | None = None) -> None:
-        """A document was closed: drop what the engine keeps for it; its recent edits (in `text`) stay as chunks."""
-        if text is not None:
-            self.recent.closed(uri, text)
+    def forget(self, uri: str) -> None:
+        """A document was closed: drop what the engine keeps for it."""
         self.engine.forget(uri)
 
     def accepted(self, request_id: str) -> None:
@@ -152,7 +135,6 @@ class App:
             "debounceMs": "auto" if self.settings.debounce_ms is None else self.settings.debounce_ms,
             "multiline": self.settings.multiline,
         }
-        result["recent"] = self.recent.status()
         cloud = self.backends["cloud"]
         result["backends"] = {
             "local": result["model"],
@@ -173,7 +155,6 @@ class App:
             if roles:
                 await self._stop_commands()  # they record what they spent before their backend goes
             self.settings = settings
-            self.recent.most = settings.recent_chunks
             if "prices" in parts:
                 self.prices = _prices(settings)
                 self.ledger.use_prices(self.prices)

@@ -2,11 +2,11 @@
 
 Like llama.vim's ring buffer: a chunk is the region around an edit, cut once the user has moved away
 from it (an edit elsewhere, a completion far from it or in another file, a save, a close); a new
-chunk evicts the ones it nearly repeats (and older states of its own region), chunks grow old and leave, and at a request the chunks
-that repeat the code around the cursor leave (the prompt shows that code already: a copy of it
-makes a small model repeat it). The ring changes only at those moments, never while the user types
-in one place, so the prompt's part that shows it stays byte-identical and the model's KV cache
-stays reusable.
+chunk evicts the ones it nearly repeats (and older states of its own region), chunks grow old and
+leave, and at a request the chunks that repeat the code around the cursor leave (the prompt shows
+that code already: a copy of it makes a small model repeat it). The ring changes only at those
+moments, never while the user types in one place, so the prompt's part that shows it stays
+byte-identical and the model's KV cache stays reusable.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class RecentChunks:
             lambda r: r is not editing or r.uri != uri or not r.first - NEAR_LINES <= line <= r.last + NEAR_LINES,
         )
         now = self._clock()
-        kept = [c for c in self._chunks if now - c.at <= MAX_AGE_S]
+        kept = [c for c in self._chunks if now - c.at <= MAX_AGE_S][-self.most :]
         # The finished lines around the cursor, not the line being typed: stable while the user types on it.
         lines = text.split("\n")
         around = _words("\n".join(lines[max(0, line - CHUNK_LINES) : line] + lines[line + 1 : line + CHUNK_LINES]))
@@ -141,6 +141,8 @@ class RecentChunks:
                 self._add(region, texts[region.uri])
 
     def _add(self, region: _Region, text: str) -> None:
+        if self.most == 0:
+            return
         lines = text.split("\n")
         first = max(0, region.first - _MARGIN)
         last = min(len(lines) - 1, region.last + _MARGIN, first + CHUNK_LINES - 1)
