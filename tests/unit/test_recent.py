@@ -164,3 +164,17 @@ def test_the_newest_chunks_that_fit_the_budget_oldest_first() -> None:
     block = recent_block(chunks, None, "b.py", "", 220)  # three of 72 characters
     assert [line.split()[1] for line in block.splitlines() if line.endswith("(edited):")] == ["f2.py", "f3.py", "f4.py"]
     assert len(block) <= 220
+
+
+def test_a_gguf_that_names_a_file_separator_gets_llama_servers_layout() -> None:
+    from lsp_server.completion.prompt import template_from_gguf
+
+    tokens = {1: "<PRE>", 2: "<SUF>", 3: "<MID>", 4: "<SEP>", 5: "<REPO>"}
+    keys = {"pre": 1, "suf": 2, "mid": 3, "sep": 4, "rep": 5}
+    metadata = {f"tokenizer.ggml.fim_{k}_token_id": str(v) for k, v in keys.items()}
+    template = template_from_gguf(metadata, tokens.__getitem__, "mystery-model")
+    assert template is not None and template.repo is not None
+    prompt = build_prompt("x = ", 4, template, 512, recent=[("a.py", CHUNK)], path="b.py", repo_name="ws")
+    assert prompt.text == (
+        "<REPO>ws\n<SEP>a.py\ndef frobnicate(widget):\n    return widget\n<SEP>b.py\n<PRE>x = <SUF><MID>"
+    )
