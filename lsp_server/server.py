@@ -279,7 +279,8 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
             raise JsonRpcInvalidParams(f"{exc} in {uri}") from exc
         root = _workspace_root(ls)
         others = _other_documents(ls, doc)
-        chunks = ls.recent.context(uri, doc.text, cursor, dict(others))
+        app = await ls.ready_app()  # after the snapshot: the request is about the text as it was
+        chunks = ls.recent.context(uri, doc.text, cursor, dict(others))  # once the settings size the ring
         request = Request(
             uri=uri,
             text=doc.text,
@@ -291,7 +292,6 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
             recent=tuple((display_path(chunk.uri, root), chunk) for chunk in chunks),
             path=display_path(uri, root),
         )
-        app = await ls.ready_app()  # after the snapshot: the request is about the text as it was
         position = {"line": pos.line, "character": pos.character}
 
         def partial(text: str) -> None:

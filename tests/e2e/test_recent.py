@@ -48,7 +48,7 @@ async def test_without_the_ring_the_name_is_unknown(tmp_path: Path) -> None:
 async def test_a_saved_edit_of_the_same_file_is_context_above_the_window(tmp_path: Path) -> None:
     """A function renamed far above the cursor (beyond the prompt's window) is shown from the ring."""
     filler = "".join(f"VALUE_{n} = {n}  # a constant that fills the window\n" for n in range(160))
-    text = "def old_name(rows):\n    return len(rows)\n\n\n" + filler + "\n\ncount = "
+    text = "def old_name(rows):\n    return len(rows)\n\n\n" + filler + "\n\nrows = []\ntotal = count_"
     async with serving(tmp_path, options={"completion": {"promptTokens": 512}}) as client:
         open_doc(client, text, MAIN)
         client.text_document_did_change(
@@ -67,4 +67,4 @@ async def test_a_saved_edit_of_the_same_file_is_context_above_the_window(tmp_pat
             inline_params(end_position(renamed, "visual-studio-code"), invoked=True, uri=MAIN)
         )
         assert isinstance(result, types.InlineCompletionList) and result.items, result
-        assert str(result.items[0].insert_text).startswith("count_parsed_rows("), result.items[0].insert_text
+        assert str(result.items[0].insert_text).startswith("parsed_rows("), result.items[0].insert_text
