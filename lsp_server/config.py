@@ -42,6 +42,8 @@ class Settings:
     """Most tokens generated for one completion."""
     prompt_tokens: int = 1536
     """Token budget of the completion prompt (prefix and suffix together)."""
+    recent_chunks: int = 8
+    """Chunks around recent edits kept for completion prompts (at most a quarter of the budget); 0 turns it off."""
     enabled: bool = True
     """Inline completions on or off."""
     local_endpoint: str | None = None
@@ -84,6 +86,12 @@ class Settings:
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError("expected a positive integer")
+    return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+        raise ValueError("expected a whole number from 0 to 64")
     return value
 
 
@@ -208,6 +216,7 @@ _WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "completion.maxTokens": ("max_tokens", _positive_int),
     "completion.promptTokens": ("prompt_tokens", _positive_int),
     "completion.enabled": ("enabled", _bool),
+    "completion.recentChunks": ("recent_chunks", _count),
     "local.endpoint": ("local_endpoint", _optional_str),
     "local.endpointKind": ("endpoint_kind", _endpoint_kind),
     "local.endpointApiKey": ("endpoint_api_key", _header_value),

@@ -26,6 +26,7 @@ from lsp_server.commands import AssistArgs, BadArguments, Span, answer, assist_a
 from lsp_server.completion.engine import Request, Selected, Timing
 from lsp_server.config import Settings, flatten, resolve, saved_settings
 from lsp_server.documents import Document, PositionError, span_at
+from lsp_server.recent import RecentChunks, display_path
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,9 @@ class TandemProtocol(LanguageServerProtocol):
             try:
                 if (edit := _apply(doc, change, self._server.encoding, track)) is not None:
                     tracked.append(edit)
+                if isinstance(change, types.TextDocumentContentChangePartial):
+                    start, end = _span(change.range)
+                    self._server.recent.edited(doc.uri, start[0], end[0] - start[0], change.text.count("\n"))
             except PositionError as exc:  # rejects only itself: the valid changes of the batch apply
                 self._server.report_once(f"bad change to {doc.uri}: {exc}; that change was left out")
         doc.version = params.text_document.version
@@ -162,7 +166,9 @@ class TandemProtocol(LanguageServerProtocol):
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
     def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> None:
-        self._server.documents.pop(params.text_document.uri, None)
+        doc = self._server.documents.pop(params.text_document.uri, None)
+        if doc is not None:
+            self._server.recent.closed(doc.uri, doc.text)
         if self._server.app is not None:
             self._server.app.forget(params.text_document.uri)
 
@@ -178,6 +184,8 @@ class TandemServer(LanguageServer):
         self.app: App | None = None
         """Made once `initialized` has brought the settings."""
         self.documents: dict[str, Document] = {}
+        self.recent = RecentChunks()
+        """Chunks around the workspace's recent edits; kept from the first edit, before the app is made."""
         self.init_options: Mapping[str, Any] | None = None
         self.shutdown_requested = False
         self._reported: set[str] = set()
@@ -201,6 +209,7 @@ class TandemServer(LanguageServer):
     def open_app(self, settings: Settings) -> None:
         """Make the application; requests waiting for it go on."""
         self.app = self.make_app(settings, _workspace_root(self), self.report_once)
+        self.recent.most = settings.recent_chunks
         self._ready.set()
 
     async def ready_app(self) -> App:
@@ -256,6 +265,7 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
         settings = await ls.resolve_settings(pushed if isinstance(pushed, Mapping) else None)
         if settings != app.settings:
             await app.reconfigure(settings)
+            ls.recent.most = settings.recent_chunks
 
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: TandemServer, params: None) -> None:
@@ -275,16 +285,21 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
             selected = _selected(doc.text, params.context.selected_completion_info, ls.encoding)
         except PositionError as exc:
             raise JsonRpcInvalidParams(f"{exc} in {uri}") from exc
+        root = _workspace_root(ls)
+        others = _other_documents(ls, doc)
+        app = await ls.ready_app()  # after the snapshot: the request is about the text as it was
+        chunks = ls.recent.context(uri, doc.text, cursor, dict(others))  # once the settings size the ring
         request = Request(
             uri=uri,
             text=doc.text,
             cursor=cursor,
             selected=selected,
             invoked=params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked,
-            workspace=_workspace_root(ls),
-            others=_other_documents(ls, doc),
+            workspace=root,
+            others=others,
+            recent=tuple((display_path(chunk.uri, root), chunk) for chunk in chunks),
+            path=display_path(uri, root),
         )
-        app = await ls.ready_app()  # after the snapshot: the request is about the text as it was
         position = {"line": pos.line, "character": pos.character}
 
         def partial(text: str) -> None:
@@ -307,6 +322,12 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
         replace = info.range if info is not None else types.Range(pos, pos)
         item = types.InlineCompletionItem(insert_text=suggestion.text, range=replace, command=accepted)
         return types.InlineCompletionList(items=[item])
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=False))
+    def did_save(ls: TandemServer, params: types.DidSaveTextDocumentParams) -> None:
+        doc = ls.documents.get(params.text_document.uri)
+        if doc is not None:
+            ls.recent.saved(doc.uri, doc.text)
 
     kinds = [types.CodeActionKind.Refactor, types.CodeActionKind.RefactorRewrite, types.CodeActionKind.QuickFix]
 
@@ -347,7 +368,7 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
 
     @server.command("tandem.status")
     async def status(ls: TandemServer, *args: Any) -> dict[str, Any]:
-        return (await ls.ready_app()).status()
+        return {**(await ls.ready_app()).status(), "recent": ls.recent.status()}
 
     @server.command("tandem.usage")
     async def usage(ls: TandemServer, *args: Any) -> dict[str, Any]:

@@ -13,12 +13,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import PurePath
 
 from lsp_server.backends import Ahead, Backend, Generation, TextPrompt
 from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess, repeats_nearby
 from lsp_server.completion.prompt import build_prompt
 from lsp_server.config import Settings
 from lsp_server.ledger import Entry
+from lsp_server.recent import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,10 @@ class Request:
     workspace: str = ""
     others: tuple[tuple[str, str], ...] = ()
     """Other open documents of the same language as (uri, text): definitions from them join the prompt."""
+    recent: tuple[tuple[str, Chunk], ...] = ()
+    """Chunks of recent edits as (path, chunk), oldest first: they open the prompt."""
+    path: str = ""
+    """The document's path in the workspace, as the prompt names it beside the recent chunks."""
 
 
 @dataclass(frozen=True)
@@ -310,7 +316,14 @@ class Engine:
         ctx = Context.at(req.text, req.cursor, multiline)
         backend = self._backend
         prompt = build_prompt(
-            req.text, req.cursor, await backend.template(), self._settings.prompt_tokens, others=req.others
+            req.text,
+            req.cursor,
+            await backend.template(),
+            self._settings.prompt_tokens,
+            others=req.others,
+            recent=req.recent,
+            path=req.path,
+            repo_name=PurePath(req.workspace).name,
         )
         text_prompt = TextPrompt(
             prompt.text, self._settings.max_tokens, () if ctx.multiline else ("\n",), infill=prompt.infill
@@ -498,7 +511,7 @@ def _apply_selected(req: Request) -> Request:
     sel = req.selected
     assert sel is not None
     text = req.text[: sel.start] + sel.text + req.text[sel.end :]
-    return Request(req.uri, text, sel.start + len(sel.text), sel, req.invoked, req.workspace, req.others)
+    return replace(req, text=text, cursor=sel.start + len(sel.text))
 
 
 def _typed_ahead(shown: _Shown | None, req: Request) -> Suggestion | None:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 
 from lsp_server.backends import Infill
 from lsp_server.context import CHARS_PER_TOKEN, definitions, enclosing_signatures, imports_above
-from lsp_server.models.cards import flat_name, load_cards
+from lsp_server.models.cards import Repo, flat_name, load_cards
+from lsp_server.recent import Chunk
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class FimTemplate:
     """SPM layout: the suffix block comes before the prefix block."""
     stop: tuple[str, ...] = ()
     """Strings the family emits once the middle is done."""
+    repo: Repo | None = None
+    """Repository-level format (file separators) for other files' code; None: they go in comments."""
 
 
 def _families_from_cards() -> tuple[dict[str, FimTemplate], tuple[tuple[str, re.Pattern[str]], ...]]:
@@ -37,7 +40,13 @@ def _families_from_cards() -> tuple[dict[str, FimTemplate], tuple[tuple[str, re.
         if fim is None or card.family in families:
             continue
         families[card.family] = FimTemplate(
-            card.family, fim.prefix, fim.suffix, fim.middle, suffix_first=fim.order == "suffix-first", stop=fim.stop
+            card.family,
+            fim.prefix,
+            fim.suffix,
+            fim.middle,
+            suffix_first=fim.order == "suffix-first",
+            stop=fim.stop,
+            repo=card.repo,
         )
         rules.extend((card.family, re.compile(pattern)) for pattern in fim.names)
     return families, tuple(rules)
@@ -71,7 +80,9 @@ def template_from_gguf(
     stop_keys = [f"tokenizer.ggml.{k}_token_id" for k in _STOP_KEYS]
     stops = [token_text(int(metadata[k])) for k in stop_keys if k in metadata]
     if guess is None:
-        return FimTemplate("gguf", pre, suf, mid, stop=tuple(dict.fromkeys(stops)))
+        return FimTemplate(
+            "gguf", pre, suf, mid, stop=tuple(dict.fromkeys(stops)), repo=_repo_from_gguf(metadata, token_text)
+        )
     # The metadata names the markers; the family knows the order it was trained with.
     return replace(
         guess,
@@ -81,6 +92,16 @@ def template_from_gguf(
         middle=mid if guess.middle else "",
         stop=tuple(dict.fromkeys([*guess.stop, *stops])),
     )
+
+
+def _repo_from_gguf(metadata: Mapping[str, str], token_text: Callable[[int], str]) -> Repo | None:
+    """The layout llama.cpp's server gives `input_extra` for a model whose metadata names a file separator."""
+    if "tokenizer.ggml.fim_sep_token_id" not in metadata:
+        return None
+    sep = token_text(int(metadata["tokenizer.ggml.fim_sep_token_id"]))
+    rep_key = "tokenizer.ggml.fim_rep_token_id"
+    name = token_text(int(metadata[rep_key])) + "{name}\n" if rep_key in metadata else ""
+    return Repo(name=name, file=sep + "{path}\n{code}", current=sep + "{path}\n")
 
 
 def marker_problems(template: FimTemplate, tokenize: Callable[[str], list[int]]) -> list[str]:
@@ -144,12 +165,22 @@ def build_prompt(
     template: FimTemplate | None,
     budget_tokens: int,
     others: Sequence[tuple[str, str]] = (),
+    recent: Sequence[tuple[str, Chunk]] = (),
+    path: str = "",
+    repo_name: str = "",
 ) -> Prompt:
     """The prompt for `cursor` in `text`: about `budget_tokens` of context and document plus the markers.
 
     `others` are the other open documents as (uri, text): definitions from them may join the context.
+    `recent` are chunks of recent edits as (path, chunk), oldest first: they open the prompt, in the
+    model's repository-level format (`path` names the current file, `repo_name` the workspace) or as
+    comments, within a quarter of the budget. They change only when the ring does, so the KV cache
+    of everything after them is reused while the user types.
     """
     budget = int(budget_tokens * CHARS_PER_TOKEN)
+    repo = template.repo if template is not None else None
+    extra = recent_block(recent, repo, path, repo_name, budget // 4)
+    budget -= len(extra)
     suffix = "" if template is None else _suffix_window(text, cursor, budget // 4)
     start = _prefix_start(text, cursor, budget - len(suffix))
     header = ""
@@ -160,13 +191,46 @@ def build_prompt(
         if header:
             start = reserved
     prefix = header + text[start:cursor]
+    if repo is None:
+        prefix = extra + prefix
     if template is None:
         body = prefix
     elif template.suffix_first:
         body = f"{template.suffix}{suffix}{template.prefix}{prefix}{template.middle}"
     else:
         body = f"{template.prefix}{prefix}{template.suffix}{suffix}{template.middle}"
-    return Prompt(body, start, cursor + len(suffix), Infill(prefix, suffix))
+    if repo is not None:
+        body = extra + body
+    # llama-server's /infill lays out the chunks itself (`input_extra`): its prefix goes without them.
+    infill = Infill(header + text[start:cursor], suffix, tuple((p, chunk.text) for p, chunk in recent))
+    return Prompt(body, start, cursor + len(suffix), infill)
+
+
+def recent_block(recent: Sequence[tuple[str, Chunk]], repo: Repo | None, path: str, repo_name: str, budget: int) -> str:
+    """The newest chunks that fit `budget` characters, oldest first: as other files of the repository when the
+    model has file separators, else as comment lines naming their file; "" when there are none."""
+    if not recent:
+        return ""
+    if repo is not None:
+        opening = repo.name.format(name=repo_name) if repo.name and repo_name else ""
+        closing = repo.current.format(path=path)
+        parts = [repo.file.format(path=p, code=chunk.text) for p, chunk in recent]
+    else:
+        opening = closing = ""
+        parts = [
+            f"# {p} (edited):\n" + "".join(f"# {line}\n" for line in chunk.text.splitlines()) for p, chunk in recent
+        ]
+    room = budget - len(opening) - len(closing)
+    chosen: list[str] = []
+    for part in reversed(parts):
+        if len(part) > room:
+            if not chosen:  # the newest alone is too long: its first lines, which hold the edit
+                chosen.append(part[: part.rfind("\n", 0, room) + 1])
+            break
+        chosen.append(part)
+        room -= len(part)
+    kept = "".join(reversed([p for p in chosen if p]))
+    return opening + kept + closing if kept else ""
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w{2,}")

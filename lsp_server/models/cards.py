@@ -54,6 +54,18 @@ class Chat:
 
 
 @dataclass(frozen=True)
+class Repo:
+    """A family's repository-level format: how other files' code goes before the FIM prompt."""
+
+    name: str
+    """Opens the prompt; `{name}` is the workspace folder's name. Empty: the family has no marker for it."""
+    file: str
+    """One other file's code: `{path}` and `{code}`."""
+    current: str
+    """Closes the other files and names the current one (`{path}`), right before the FIM prompt."""
+
+
+@dataclass(frozen=True)
 class Quant:
     """One downloadable file of a model."""
 
@@ -94,6 +106,8 @@ class Card:
     """None: no fill-in-the-middle (chat models, the embedded Gemma)."""
     chat: Chat | None = None
     """None: the GGUF's own chat template, else plain turns."""
+    repo: Repo | None = None
+    """None: the family has no file separators; other files' code goes in comments."""
 
     def quant(self, name: str | None = None) -> Quant:
         """The named quantization, or the card's first (recommended) one."""
@@ -147,6 +161,12 @@ def parse_card(text: str, where: str) -> Card:
     if "chat" in data:
         c = _field(data, "chat", dict, where)
         chat = Chat(_field(c, "template", str, where), _strings(c, "stop", where), _strings(c, "names", where))
+    repo = None
+    if "repo" in data:
+        r = _field(data, "repo", dict, where)
+        repo = Repo(
+            name=r.get("name", ""), file=_field(r, "file", str, where), current=_field(r, "current", str, where)
+        )
     quants = []
     for q in data.get("quant", []):
         quant = Quant(
@@ -175,6 +195,7 @@ def parse_card(text: str, where: str) -> Card:
         quants=tuple(quants),
         fim=fim,
         chat=chat,
+        repo=repo,
     )
 
 

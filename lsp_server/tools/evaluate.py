@@ -151,6 +151,147 @@ def cut_holes(files: list[Path], count: int, seed: int, block_share: float = 0.3
     return sorted(holes, key=lambda h: (h.path, h.cursor))
 
 
+@dataclass(frozen=True)
+class Edit:
+    """What the user did before reaching a hole: typed the definition of a name the hole needs."""
+
+    path: str
+    """The file edited: a sibling module the hole's file imports the name from, or the hole's file itself."""
+    before: str
+    """That file's text without the definition, as it is opened."""
+    offset: int
+    """Where in `before` the definition is typed."""
+    block: str
+    """The definition, whole lines."""
+    name: str
+
+
+_TOP_DEFINITION = re.compile(r"(?:async\s+def|def|class)\s+([A-Za-z_]\w*)|([A-Za-z_]\w*)\s*(?::[^=\n]*)?=(?!=)")
+_NAME = re.compile(r"\b[A-Za-z_]\w{3,}\b")
+_FROM_SIBLING = re.compile(r"^from \.(\w+) import (\([^)]*\)|[^\n]*)", re.MULTILINE)
+
+
+def definitions_at_top(source: str, most_lines: int = 30) -> dict[str, tuple[int, int]]:
+    """Names defined once at the top level of `source` (def, class, assignment), each with the offsets of its
+    whole statement: the definition and its indented body, or the assignment up to its closing bracket."""
+    lines = source.split("\n")
+    found: dict[str, tuple[int, int]] = {}
+    seen: set[str] = set()
+    offset = 0
+    starts = [0]
+    for line in lines:
+        offset += len(line) + 1
+        starts.append(offset)
+    for i, line in enumerate(lines):
+        match = _TOP_DEFINITION.match(line)
+        if match is None:
+            continue
+        name = match.group(1) or match.group(2)
+        end = i + 1
+        if match.group(1):
+            while end < len(lines) and (not lines[end].strip() or lines[end][:1] in " \t"):
+                end += 1
+            while end > i + 1 and not lines[end - 1].strip():
+                end -= 1
+        else:
+            depth = _depth(line)
+            while depth > 0 and end < len(lines):
+                depth += _depth(lines[end])
+                end += 1
+        if name in seen:
+            found.pop(name, None)
+        seen.add(name)
+        if end - i <= most_lines:
+            found[name] = (starts[i], starts[end])
+    return found
+
+
+def _depth(line: str) -> int:
+    return sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
+
+
+def _imported_from_siblings(path: Path, source: str) -> dict[str, Path]:
+    """Names the file imports, unaliased, from sibling modules (`from .mod import name`), and those modules."""
+    found = {}
+    for module, names in _FROM_SIBLING.findall(source):
+        sibling = path.parent / f"{module}.py"
+        if not sibling.is_file():
+            continue
+        for part in names.strip("()").split(","):
+            name = part.strip()
+            if re.fullmatch(r"\w+", name):
+                found[name] = sibling
+    return found
+
+
+def _edit_hole(path: Path, source: str, rng: random.Random, window: int) -> tuple[Hole, Edit] | None:
+    """A line whose rest needs a name the user just defined elsewhere and which the window before the cursor
+    does not show: defined in a sibling module, or in this file more than `window` characters above."""
+    own = definitions_at_top(source)
+    imported = _imported_from_siblings(path, source)
+    lines = source.split("\n")
+    candidates = []
+    start = 0
+    for line in lines:
+        stripped = line.strip()
+        if len(stripped) >= 8 and not stripped.startswith(("#", '"', "'", "from ", "import ", "def ", "class ", "@")):
+            for match in _NAME.finditer(line):
+                name, at = match.group(), start + match.start()
+                shown = source[max(0, at - window) : at]
+                if name in shown:
+                    continue
+                if name in imported or (name in own and own[name][1] <= at - window):
+                    candidates.append((start, line, match.start(), name))
+        start += len(line) + 1
+    if not candidates:
+        return None
+    line_start, line, column, name = rng.choice(candidates)
+    indent = len(line) - len(line.lstrip())
+    cut = rng.randint(indent, column)
+    cursor = line_start + cut
+    hole_text = source[:cursor] + source[line_start + len(line) :]
+    hole = Hole(str(path), "edit", hole_text, cursor, line[cut:].rstrip())
+    if name in imported:
+        sibling = imported[name]
+        other = sibling.read_text(encoding="utf-8", errors="replace")
+        block = definitions_at_top(other).get(name)
+        if block is None:
+            return None
+        a, b = block
+        return hole, Edit(str(sibling), other[:a] + other[b:], a, other[a:b], name)
+    a, b = own[name]
+    before = hole_text[:a] + hole_text[b:]
+    return hole, Edit(str(path), before, a, hole_text[a:b], name)
+
+
+def cut_edit_holes(files: list[Path], count: int, seed: int, window: int) -> tuple[list[Hole], list[Edit]]:
+    """`count` holes that need a name edited elsewhere, one per file, the same for the same seed and files."""
+    rng = random.Random(seed)
+    order = list(files)
+    rng.shuffle(order)
+    found: list[tuple[Hole, Edit]] = []
+    for path in order:
+        if len(found) == count:
+            break
+        made = _edit_hole(path, path.read_text(encoding="utf-8", errors="replace"), rng, window)
+        if made is not None:
+            found.append(made)
+    found.sort(key=lambda pair: (pair[0].path, pair[0].cursor))
+    return [h for h, _ in found], [e for _, e in found]
+
+
+def replay(client: Any, uri: str, edit: Edit) -> None:
+    """Type the edit's definition into the open document `uri` line by line, as didChange events."""
+    line = edit.before[: edit.offset].count("\n")
+    for version, text in enumerate(edit.block.splitlines(keepends=True), 2):
+        at = types.Position(line=line, character=0)
+        change = types.TextDocumentContentChangePartial(range=types.Range(at, at), text=text)
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(types.VersionedTextDocumentIdentifier(version=version, uri=uri), [change])
+        )
+        line += 1
+
+
 def similarity(a: str, b: str) -> float:
     """1 - Levenshtein distance / length of the longer string; 1.0 for two empty strings."""
     if not a and not b:
@@ -229,13 +370,21 @@ def _position(text: str, offset: int) -> types.Position:
     return types.Position(line=line, character=len(column.encode("utf-16-le")) // 2)
 
 
-async def ask_server(holes: list[Hole], model: str | None, log: Path, data_dir: Path) -> list[Answer]:
+async def ask_server(
+    holes: list[Hole],
+    model: str | None,
+    log: Path,
+    data_dir: Path,
+    options: dict[str, Any] | None = None,
+    edits: list[Edit] | None = None,
+) -> list[Answer]:
     """Each hole through the real server, as an editor does: didOpen (the file and the siblings it imports),
-    an invoked inlineCompletion, didClose."""
+    an invoked inlineCompletion, didClose. With `edits`, each hole's edit is typed first (see `replay`)."""
     from lsp_server.tools.session import Session
 
     session = Session("file:///eval/unused.py")
-    await session.start({"TANDEM_DATA_DIR": str(data_dir), **({"TANDEM_MODEL": model} if model else {})}, log)
+    env = {"TANDEM_DATA_DIR": str(data_dir), **({"TANDEM_MODEL": model} if model else {})}
+    await session.start(env, log, options)
     model_state = await session.model()
     if model_state["state"] != "ready":
         await session.stop()
@@ -245,12 +394,24 @@ async def ask_server(holes: list[Hole], model: str | None, log: Path, data_dir: 
     for n, hole in enumerate(holes):
         uri = f"file:///eval/{n}/{Path(hole.path).name}"
         opened = [f"file:///eval/{n}/open/{path.name}" for path in neighbours(hole)]
-        for other, path in zip(opened, neighbours(hole), strict=True):
-            item = types.TextDocumentItem(other, "python", 1, path.read_text(encoding="utf-8", errors="replace"))
+        texts = {path.name: path.read_text(encoding="utf-8", errors="replace") for path in neighbours(hole)}
+        edit = edits[n] if edits is not None else None
+        if edit is not None and edit.path != hole.path:
+            texts[Path(edit.path).name] = edit.before
+            opened = list(dict.fromkeys([*opened, f"file:///eval/{n}/open/{Path(edit.path).name}"]))
+        for other in opened:
+            item = types.TextDocumentItem(other, "python", 1, texts[other.rsplit("/", 1)[-1]])
             client.text_document_did_open(types.DidOpenTextDocumentParams(item))
-        client.text_document_did_open(
-            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, "python", 1, hole.text))
-        )
+        if edit is not None:
+            edited = uri if edit.path == hole.path else f"file:///eval/{n}/open/{Path(edit.path).name}"
+            if edited == uri:
+                item = types.TextDocumentItem(uri, "python", 1, edit.before)
+                client.text_document_did_open(types.DidOpenTextDocumentParams(item))
+            replay(client, edited, edit)
+        if edit is None or edit.path != hole.path:
+            client.text_document_did_open(
+                types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, "python", 1, hole.text))
+            )
         params = types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri=uri),
             position=_position(hole.text, hole.cursor),
@@ -335,6 +496,55 @@ def table(run: Run) -> str:
     return "\n".join(out)
 
 
+def edits_table(holes: int, seed: int, packages: list[str], on: Metrics, off: Metrics) -> str:
+    """The edits scenario, the ring buffer on and off, as a Markdown table."""
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+
+    rows = [
+        ("exact first line", _fmt(on.exact), _fmt(off.exact), ratio(on.exact, off.exact)),
+        (
+            "edit similarity (first line)",
+            f"{on.similarity:.3f}",
+            f"{off.similarity:.3f}",
+            ratio(on.similarity, off.similarity),
+        ),
+        ("repeats text after cursor", _fmt(on.repeats), _fmt(off.repeats), "-"),
+        ("empty suggestions", _fmt(on.empty), _fmt(off.empty), "-"),
+        ("latency p50 (ms)", _fmt(on.p50_ms, False), _fmt(off.p50_ms, False), "-"),
+        ("latency p95 (ms)", _fmt(on.p95_ms, False), _fmt(off.p95_ms, False), "-"),
+    ]
+    out = [
+        f"{holes} edit holes, seed {seed}, from {', '.join(packages)}",
+        "",
+        "| metric | recent edits on | off | on/off |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(out)
+
+
+def _run_edits(args: argparse.Namespace, packages: list[str], files: list[Path]) -> int:
+    settings = Settings()
+    holes, edits = cut_edit_holes(files, args.holes, args.seed, int(settings.prompt_tokens * CHARS_PER_TOKEN))
+    work = Path(tempfile.mkdtemp(prefix="tandem-eval-"))
+    on = asyncio.run(ask_server(holes, args.model, work / "on.log", work / "on", edits=edits))
+    off_options = {"completion": {"recentChunks": 0}}
+    off = asyncio.run(ask_server(holes, args.model, work / "off.log", work / "off", off_options, edits))
+    on_metrics, off_metrics = score(holes, on), score(holes, off)
+    print(edits_table(len(holes), args.seed, packages, on_metrics, off_metrics))
+    if args.json is not None:
+        details = [
+            {"path": h.path, "defined": e.path, "name": e.name, "expected": h.expected, "on": a.text, "off": b.text}
+            for h, e, a, b in zip(holes, edits, on, off, strict=True)
+        ]
+        result = {"seed": args.seed, "holes": len(holes), "on": asdict(on_metrics), "off": asdict(off_metrics)}
+        args.json.write_text(json.dumps({**result, "details": details}, indent=1) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `tandem eval`."""
     parser = argparse.ArgumentParser(prog="tandem eval", description=__doc__)
@@ -343,6 +553,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--packages", default=",".join(PACKAGES), help="installed packages to cut holes in")
     parser.add_argument("--model", help="GGUF file (default: the embedded Gemma 3 270M)")
     parser.add_argument("--json", type=Path, help="write the results here, for comparing commits")
+    parser.add_argument(
+        "--scenario",
+        choices=("holes", "edits"),
+        default="holes",
+        help="holes: the server against the raw model; edits: holes that need a name the user just defined"
+        " elsewhere, the server with its recent-edit context on and off",
+    )
     args = parser.parse_args(argv)
     if args.holes < 1:
         print("tandem eval: --holes must be at least 1", file=sys.stderr)
@@ -351,6 +568,8 @@ def main(argv: list[str]) -> int:
     from lsp_server.config import cache_dir
 
     packages, files = corpus(tuple(p for p in args.packages.split(",") if p))
+    if args.scenario == "edits":
+        return _run_edits(args, packages, files)
     holes = cut_holes(files, args.holes, args.seed)
     model_path = args.model or str(embedded_model_path(cache_dir()))
     work = Path(tempfile.mkdtemp(prefix="tandem-eval-"))

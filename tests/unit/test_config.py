@@ -42,7 +42,7 @@ def test_every_vscode_server_setting_is_a_key_the_server_knows() -> None:
     assert client_only == {"server.command", "refactor.showDiff", "trace.server"}
     flat = config.flatten(section)
     assert set(flat) == set(config._WIRE)
-    assert len(flat) == 24
+    assert len(flat) == 25
 
 
 def test_vscode_defaults_resolve_to_the_server_defaults() -> None:
@@ -66,6 +66,7 @@ ALL = {
     "completion.multiline": "never",
     "completion.maxTokens": 64,
     "completion.promptTokens": 1024,
+    "completion.recentChunks": 0,
     "cloud.model": "gpt-4o-mini",
     "cloud.baseUrl": "https://llm.example.com/v1",
     "cloud.dailyBudgetUsd": 5,
@@ -92,6 +93,7 @@ ALL_SETTINGS = Settings(
     multiline="never",
     max_tokens=64,
     prompt_tokens=1024,
+    recent_chunks=0,
     cloud_model="gpt-4o-mini",
     cloud_base_url="https://llm.example.com/v1",
     daily_budget_usd=5.0,
@@ -238,6 +240,8 @@ def test_payloads(options: dict[str, Any], changed: dict[str, Any]) -> None:
             "expected an object mapping explain, debug, refactor to local, cloud or auto",
             id="routes-string",
         ),
+        pytest.param("completion.recentChunks", -1, "expected a whole number from 0 to 64", id="recent-negative"),
+        pytest.param("completion.recentChunks", "8", "expected a whole number from 0 to 64", id="recent-string"),
         pytest.param("privacy.cloudDeny", "*.env", "expected a list of glob patterns", id="deny-string"),
         pytest.param("privacy.cloudDeny", ["*.pem", 3], "expected a list of glob patterns", id="deny-number"),
         pytest.param("privacy.cloudDeny", [""], "expected a list of glob patterns", id="deny-empty-glob"),
