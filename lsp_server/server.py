@@ -285,21 +285,9 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
             selected = _selected(doc.text, params.context.selected_completion_info, ls.encoding)
         except PositionError as exc:
             raise JsonRpcInvalidParams(f"{exc} in {uri}") from exc
-        root = _workspace_root(ls)
-        others = _other_documents(ls, doc)
-        app = await ls.ready_app()  # after the snapshot: the request is about the text as it was
-        chunks = ls.recent.context(uri, doc.text, cursor, dict(others))  # once the settings size the ring
-        request = Request(
-            uri=uri,
-            text=doc.text,
-            cursor=cursor,
-            selected=selected,
-            invoked=params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked,
-            workspace=root,
-            others=others,
-            recent=tuple((display_path(chunk.uri, root), chunk) for chunk in chunks),
-            path=display_path(uri, root),
-        )
+        app = await ls.ready_app()  # the snapshot was taken before: the request is about the text as it was
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        request = _completion_request(ls, doc, cursor, selected=selected, invoked=invoked)
         position = {"line": pos.line, "character": pos.character}
 
         def partial(text: str) -> None:
@@ -381,14 +369,7 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
             follow = app.accepted(args[0], _text_of(ls))
             doc = None if follow is None else ls.documents.get(follow[0])
             if follow is not None and doc is not None:
-                request = Request(
-                    uri=doc.uri,
-                    text=doc.text,
-                    cursor=follow[1],
-                    workspace=_workspace_root(ls),
-                    others=_other_documents(ls, doc),
-                )
-                app.prefetch(request, to_fs_path(doc.uri) or doc.uri)
+                app.prefetch(_completion_request(ls, doc, follow[1]), to_fs_path(doc.uri) or doc.uri)
 
     @server.command(PARTIALLY_ACCEPTED)
     async def partially_accepted(ls: TandemServer, *args: Any) -> None:
@@ -506,6 +487,27 @@ def _other_documents(server: TandemServer, doc: Document, most: int = 8) -> tupl
     others = [(d.uri, d.text) for d in server.documents.values() if d.language_id == doc.language_id]
     others = [(uri, text) for uri, text in others if uri != doc.uri]
     return tuple(reversed(others[-most:]))
+
+
+def _completion_request(
+    ls: TandemServer, doc: Document, cursor: int, selected: Selected | None = None, invoked: bool = False
+) -> Request:
+    """The engine's request at `cursor` in `doc`, with the workspace's context: the other open documents and the
+    recent edits (read once the settings have sized the ring)."""
+    root = _workspace_root(ls)
+    others = _other_documents(ls, doc)
+    chunks = ls.recent.context(doc.uri, doc.text, cursor, dict(others))
+    return Request(
+        uri=doc.uri,
+        text=doc.text,
+        cursor=cursor,
+        selected=selected,
+        invoked=invoked,
+        workspace=root,
+        others=others,
+        recent=tuple((display_path(chunk.uri, root), chunk) for chunk in chunks),
+        path=display_path(doc.uri, root),
+    )
 
 
 def _apply(doc: Document, change: types.TextDocumentContentChangeEvent, encoding: str, track: bool) -> Change | None:
