@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import JsonRPCNotification, LanguageServerProtocol, lsp_method
 from pygls.uris import to_fs_path
 
-from lsp_server import __version__
+from lsp_server import __version__, transport
 from lsp_server.app import App, Level, Report
 from lsp_server.assist import AssistRequest, AssistResult
 from lsp_server.backends import BackendError
@@ -104,6 +108,41 @@ class TandemProtocol(LanguageServerProtocol):
             pending.shown.server = (time.perf_counter() - pending.received) * 1000  # the answer is written by now
             self._server.app.last_timing = pending.shown
 
+    async def serve(self, reader: transport.Reader, stop: threading.Event) -> None:
+        """Handle each message the client sends, answering those that cannot be handled as JSON-RPC says, until
+        the stream ends or `stop` is set (`exit` ends the process)."""
+        async for item in transport.messages(reader):
+            if isinstance(item, transport.Invalid):
+                self._reject(item)
+            else:
+                self._receive(item)
+            if stop.is_set():
+                break
+
+    def _reject(self, invalid: transport.Invalid) -> None:
+        log.warning("%s", invalid.message)
+        error = {"code": invalid.code, "message": invalid.message}
+        for msg_id in (invalid.id, *invalid.batched):
+            # written as is: pygls would leave out a null id, which JSON-RPC requires when the id is unknown
+            self._send_data({"jsonrpc": self.VERSION, "id": msg_id, "error": error})
+        if invalid.tell_user is not None:
+            self._server.report_once(invalid.tell_user)
+
+    def _receive(self, data: dict[str, Any]) -> None:
+        try:
+            message = self.structure_message(data)
+        except JsonRpcException as exc:  # a notification: nobody to answer (a request was answered already)
+            log.warning("malformed %s notification ignored: %s", data.get("method"), exc.__cause__)
+            self._server.report_once(f"a malformed {data.get('method')} notification was ignored")
+            return
+        self.handle_message(message)
+
+    def _send_response(self, msg_id: Any, result: Any | None = None, error: types.ResponseError | None = None) -> None:
+        # pygls puts a handler's traceback in an internal error's data: it is for our log, not the client.
+        if error is not None and isinstance(error.data, Mapping) and "traceback" in error.data:
+            error = types.ResponseError(code=error.code, message=error.message)
+        super()._send_response(msg_id, result, error)
+
     def structure_message(self, data: dict[str, Any]) -> Any:
         try:
             return super().structure_message(data)
@@ -175,6 +214,37 @@ class TandemServer(LanguageServer):
         self.shutdown_requested = False
         self._reported: set[str] = set()
         self._ready = asyncio.Event()
+
+    def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        """Serve over stdio with tandem's reader (see `transport`) in place of pygls's."""
+        self._stop_event = stop = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        try:
+            asyncio.run(self.protocol.serve(_Stdin(stdin or sys.stdin.buffer, self.thread_pool), stop))
+        except BrokenPipeError:
+            log.error("the connection to the client is lost; shutting down")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()  # type: ignore[no-untyped-call]
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """Serve one client at a time over TCP with tandem's reader."""
+        self._stop_event = stop = threading.Event()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)
+            await self.protocol.serve(_Socket(reader), stop)
+            self.shutdown()  # type: ignore[no-untyped-call]
+
+        async def listen() -> None:
+            self._server = server = await asyncio.start_server(connection, host, port, limit=transport.MAX_HEADER_LINE)
+            log.info("serving on %s:%s", host, port)
+            async with server:
+                await server.serve_forever()  # until the connection ends (`shutdown` closes the server)
+
+        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            asyncio.run(listen())
 
     @property
     def encoding(self) -> str:
@@ -445,6 +515,37 @@ async def _apply_refactor(ls: TandemServer, doc: Document, span: Span, code: str
     if answer.applied:
         return None
     return f"the editor did not apply it ({answer.failure_reason or 'no reason given'})"
+
+
+class _Stdin:
+    """stdin as a `transport.Reader`: read in a thread, so the event loop never blocks on it."""
+
+    def __init__(self, stdin: BinaryIO, pool: Executor) -> None:
+        self._stdin = stdin
+        self._pool = pool
+
+    async def readline(self) -> bytes:
+        limit = transport.MAX_HEADER_LINE
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._stdin.readline, limit)
+
+    async def read(self, n: int) -> bytes:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._stdin.read, n)
+
+
+class _Socket:
+    """A TCP connection as a `transport.Reader`."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+
+    async def readline(self) -> bytes:
+        try:
+            return await self._reader.readline()
+        except ValueError:  # a line over the limit, which the stream dropped: junk, not the end
+            return b"(a line over the limit)\n"
+
+    async def read(self, n: int) -> bytes:
+        return await self._reader.read(n)
 
 
 def _other_documents(server: TandemServer, doc: Document, most: int = 8) -> tuple[tuple[str, str], ...]:

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import queue
 import shutil
 import subprocess
-from collections.abc import Iterator
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ from lsprotocol import types
 
 from lsp_server.ledger import default_path
 from lsp_server.tools.session import plain
+from lsp_server.transport import MAX_CONTENT_LENGTH
 from tests.conftest import REPO, Client, start_client, until
 from tests.e2e.test_completion import inline_params, insert, ledger_rows, open_doc, status
 from tests.loopback import ScriptedServer
@@ -147,3 +153,104 @@ async def test_ledger_files_made_immutable_mid_session(tmp_path: Path) -> None:
         await client.stop()
     assert generations == 3
     assert len(ledger_rows(tmp_path)) == 3  # the row kept in memory was saved at shutdown
+
+
+class RawServer:
+    """`tandem serve` over stdio, spoken to in raw bytes; what it writes is read by a thread."""
+
+    def __init__(self, data_dir: Path) -> None:
+        env = {**os.environ, "TANDEM_DATA_DIR": str(data_dir)}
+        command = [sys.executable, "-m", "lsp_server", "serve"]
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        self.received: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        while True:
+            length = 0
+            while (line := stdout.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if not length:
+                return
+            self.received.put(json.loads(stdout.read(length)))
+
+    def send(self, body: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        self.proc.stdin.flush()
+
+    def request(self, msg_id: int, method: str, params: Any) -> None:
+        self.send(json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}).encode())
+
+    def answer(self, wanted: Callable[[dict[str, Any]], bool], timeout_s: float = 120) -> dict[str, Any]:
+        """The next message `wanted` accepts (others are dropped); the test fails after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            message = self.received.get(timeout=max(0.0, deadline - time.monotonic()))
+            if wanted(message):
+                return message
+
+    def error_for(self, msg_id: Any) -> dict[str, Any]:
+        """The error answer with `msg_id` (None: null), checked to carry no Python traceback."""
+        message = self.answer(lambda m: "error" in m and "method" not in m and m.get("id", "absent") == msg_id)
+        assert "Traceback" not in json.dumps(message) and "data" not in message["error"], message
+        return dict(message["error"])
+
+    def initialize(self) -> None:
+        self.request(1, "initialize", {"capabilities": {}})
+        self.answer(lambda m: m.get("id") == 1)
+        self.send(b'{"jsonrpc": "2.0", "method": "initialized", "params": {}}')
+
+    def status(self, msg_id: int) -> dict[str, Any]:
+        self.request(msg_id, "workspace/executeCommand", {"command": "tandem.status"})
+        return dict(self.answer(lambda m: m.get("id") == msg_id)["result"])
+
+    def close(self) -> str:
+        """Shut down and exit; the server's stderr."""
+        self.request(99, "shutdown", None)
+        self.answer(lambda m: m.get("id") == 99)
+        self.send(b'{"jsonrpc": "2.0", "method": "exit"}')
+        _, stderr = self.proc.communicate(timeout=120)
+        assert self.proc.returncode == 0
+        return str(stderr.decode(errors="replace"))
+
+
+def test_transport_errors_are_answered_as_json_rpc_says(tmp_path: Path) -> None:
+    """Before: invalid JSON and a batch got a popup and no answer (the batched request waited forever), an object
+    id got -32603 with a Python traceback, and a body of any length was buffered whole."""
+    server = RawServer(tmp_path)
+    try:
+        server.initialize()
+        server.send(b'{"jsonrpc": "2.0", "id": 5, "method": "workspace/executeCommand", "params": {')
+        assert server.error_for(None)["code"] == -32700
+        batch = [
+            {"jsonrpc": "2.0", "id": 6, "method": "workspace/executeCommand", "params": {"command": "tandem.status"}},
+            {"jsonrpc": "2.0", "method": "initialized", "params": {}},
+        ]
+        server.send(json.dumps(batch).encode())
+        assert server.error_for(None)["code"] == -32600  # the batch as a whole, as JSON-RPC says
+        assert server.error_for(6)["code"] == -32600  # and its request, so that the client does not wait
+        server.request({"nested": 1}, "workspace/executeCommand", {"command": "tandem.status"})  # type: ignore[arg-type]
+        assert server.error_for(None)["code"] == -32600
+        # Over the bound: discarded in pieces as it arrives, answered by its id (read from the body's start).
+        head = b'{"jsonrpc": "2.0", "id": 7, "method": "workspace/executeCommand", "params": {"command": "'
+        size = MAX_CONTENT_LENGTH + 1
+        assert server.proc.stdin is not None
+        server.proc.stdin.write(f"Content-Length: {size}\r\n\r\n".encode() + head)
+        for _ in range(size // 2**20):
+            server.proc.stdin.write(b"x" * 2**20)
+        server.proc.stdin.write(b"x" * (size - len(head) - size // 2**20 * 2**20))
+        server.proc.stdin.flush()
+        error = server.error_for(7)
+        assert error["code"] == -32600 and "limit" in error["message"]
+        popup = server.answer(lambda m: m.get("method") == "window/showMessage")
+        assert "discarded" in popup["params"]["message"]
+        assert "counters" in server.status(8)  # and the server serves on
+    finally:
+        stderr = server.close()
+    assert "Traceback" not in stderr, stderr[-3000:]
