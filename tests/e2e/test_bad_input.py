@@ -22,7 +22,7 @@ from lsprotocol import types
 from lsp_server.ledger import default_path
 from lsp_server.tools.session import plain
 from lsp_server.transport import MAX_CONTENT_LENGTH
-from tests.conftest import REPO, Client, start_client, until
+from tests.conftest import REPO, Client, command, serving, start_client, until
 from tests.e2e.test_completion import inline_params, insert, ledger_rows, open_doc, status
 from tests.loopback import ScriptedServer
 
@@ -254,3 +254,26 @@ def test_transport_errors_are_answered_as_json_rpc_says(tmp_path: Path) -> None:
     finally:
         stderr = server.close()
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+async def test_lone_surrogates_in_command_strings_reach_the_cloud_replaced(
+    tmp_path: Path, cloud: ScriptedServer
+) -> None:
+    """Every client string on its way to a model: the instruction, error text, diagnostics and the file's name."""
+    env = {"OPENAI_API_KEY": "sk-test-7c2e9a41b5d84f06a3e1c9b7d2f5a8e4", "OPENAI_BASE_URL": cloud.url}
+    async with serving(tmp_path, env=env) as client:
+        uri = (REPO / "tandem_\udc80.py").as_uri()
+        open_doc(client, "def f(a):\n    return a\n", uri)
+        argument = {
+            "uri": uri,
+            "range": {"start": {"line": 0, "character": 0}, "end": {"line": 2, "character": 0}},
+            "instruction": "why \ud800 here?",
+            "errorText": "Traceback \udfff",
+            "diagnostics": ["line 1: error: bad \udc00"],
+        }
+        result = await command(client, "tandem.debug", argument)
+    assert result["backend"] == "cloud" and result["outcome"] == "ok", result
+    [seen] = cloud.seen
+    sent = seen.body["messages"][-1]["content"]
+    for replaced in ("tandem_\ufffd.py", "why \ufffd here?", "Traceback \ufffd", "bad \ufffd"):
+        assert replaced in sent
