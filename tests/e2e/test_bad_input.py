@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 from lsprotocol import types
 
+from lsp_server.config import max_threads
 from lsp_server.ledger import default_path
 from lsp_server.tools.session import plain
 from lsp_server.transport import MAX_CONTENT_LENGTH
 from tests.conftest import REPO, Client, command, serving, start_client, until
 from tests.e2e.test_completion import inline_params, insert, ledger_rows, open_doc, status
+from tests.e2e.test_reconfigure import reconfigure
 from tests.loopback import ScriptedServer
 
 LONE_SURROGATE = "# \udc80\ndef f(a):\n    "
@@ -277,3 +279,25 @@ async def test_lone_surrogates_in_command_strings_reach_the_cloud_replaced(
     sent = seen.body["messages"][-1]["content"]
     for replaced in ("tandem_\ufffd.py", "why \ufffd here?", "Traceback \ufffd", "bad \ufffd"):
         assert replaced in sent
+
+
+async def test_an_absurd_thread_count_is_clamped_with_a_message(tmp_path: Path) -> None:
+    """Before: `local.threads: 100000` aborted the process (std::bad_alloc) at the first completion."""
+    most = max_threads()
+    async with serving(tmp_path, options={"local": {"threads": 100_000}}) as client:
+        open_doc(client, "def add(a, b):\n    return ", OTHER_URI)
+        await answered(client, types.Position(1, 11), OTHER_URI)
+        said = [m.message for m in client.messages if "local.threads=100000" in m.message]
+        assert said and f"{most:,} used" in said[0], said
+        # Through workspace/didChangeConfiguration as well: a sane value reloads, an absurd one is clamped again.
+        for threads, loads in ((1, 2), (50_000, 3)):
+            reconfigure(client, {"local": {"threads": threads}})
+
+            async def reloaded(loads: int = loads) -> bool:
+                report = await status(client)
+                return bool(report["modelLoads"] == loads and report["model"]["state"] == "ready")
+
+            await until(reloaded)
+            await answered(client, types.Position(1, 11), OTHER_URI)
+        assert any("local.threads=50000" in m.message for m in client.messages)
+        assert (await status(client))["counters"]["generations"] == 3
