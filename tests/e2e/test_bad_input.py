@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from lsprotocol import types
 
+from lsp_server.app import AUDIT_FILE
 from lsp_server.config import max_threads
 from lsp_server.ledger import default_path
 from lsp_server.tools.session import plain
@@ -301,3 +302,25 @@ async def test_an_absurd_thread_count_is_clamped_with_a_message(tmp_path: Path) 
             await answered(client, types.Position(1, 11), OTHER_URI)
         assert any("local.threads=50000" in m.message for m in client.messages)
         assert (await status(client))["counters"]["generations"] == 3
+
+
+async def test_an_unwritable_audit_log_keeps_the_reply_and_its_ledger_row(
+    tmp_path: Path, cloud: ScriptedServer
+) -> None:
+    """Before: the reply was thrown away (-32603) and no ledger row written, so the budget missed the spend."""
+    (tmp_path / AUDIT_FILE).mkdir()  # as root, chmod would not stop the write: a folder in the file's place does
+    env = {"OPENAI_API_KEY": "sk-test-7c2e9a41b5d84f06a3e1c9b7d2f5a8e4", "OPENAI_BASE_URL": cloud.url}
+    async with serving(tmp_path, env=env) as client:
+        open_doc(client, "def f(a):\n    return a\n", OTHER_URI)
+        argument = {
+            "uri": OTHER_URI,
+            "range": {"start": {"line": 0, "character": 0}, "end": {"line": 2, "character": 0}},
+        }
+        for _ in range(2):
+            result = await command(client, "tandem.explain", argument)
+            assert (result["backend"], result["outcome"], result["text"]) == ("cloud", "ok", "Hello there."), result
+        usage = await command(client, "tandem.usage")
+        said = [m.message for m in client.messages if "audit log" in m.message]
+    [row] = [row for row in usage["totals"] if row["backend"] == "cloud"]
+    assert row["requests"] == 2 and row["promptTokens"] > 0
+    assert len(said) == 1 and "cannot be written" in said[0], said
