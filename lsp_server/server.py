@@ -182,6 +182,11 @@ class TandemProtocol(LanguageServerProtocol):
         if doc is None:
             log.warning("change to a document that is not open: %s", params.text_document.uri)
             return
+        version = params.text_document.version
+        if version <= doc.version:  # a stale or replayed change: versions only go up (LSP)
+            log.warning("change to %s ignored: version %d after version %d", doc.uri, version, doc.version)
+            self._server.report_once(f"changes to {doc.uri} whose version went back were ignored", "warning")
+            return
         for change in params.content_changes:  # each costs its own size, not the document's
             try:
                 if isinstance(change, types.TextDocumentContentChangePartial):
@@ -190,7 +195,7 @@ class TandemProtocol(LanguageServerProtocol):
                     doc.text = change.text
             except PositionError as exc:  # rejects only itself: the valid changes of the batch apply
                 self._server.report_once(f"bad change to {doc.uri}: {exc}; that change was left out")
-        doc.version = params.text_document.version
+        doc.version = version
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
     def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -324,3 +325,59 @@ async def test_an_unwritable_audit_log_keeps_the_reply_and_its_ledger_row(
     [row] = [row for row in usage["totals"] if row["backend"] == "cloud"]
     assert row["requests"] == 2 and row["promptTokens"] > 0
     assert len(said) == 1 and "cannot be written" in said[0], said
+
+
+def whole(text: str) -> dict[str, Any]:
+    """The range of all of `text` (its last line's end given as past it: the end of the line, LSP says)."""
+    return {"start": {"line": 0, "character": 0}, "end": {"line": text.count("\n"), "character": 2**31 - 1}}
+
+
+async def server_copy(client: Client, cloud: ScriptedServer, uri: str, text: str) -> str:
+    """The server's copy of the document the client holds as `text`, as the cloud receives it: tandem.explain over
+    all of it, the selection read from the request the loopback cloud recorded (its final newlines are not sent)."""
+    await command(client, "tandem.explain", {"uri": uri, "range": whole(text)})
+    content = cloud.seen[-1].body["messages"][-1]["content"]
+    match = re.search(r"\nSelected code \([^)]*\):\n(`{3,})[^\n]*\n(.*?)\n\1(?:\n|$)", content, re.DOTALL)
+    assert match is not None, content
+    return match.group(2)
+
+
+def change(
+    version: int, uri: str, *edits: tuple[tuple[int, int], tuple[int, int], str]
+) -> types.DidChangeTextDocumentParams:
+    return types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[
+            types.TextDocumentContentChangePartial(
+                range=types.Range(types.Position(*start), types.Position(*end)), text=new_text
+            )
+            for start, end, new_text in edits
+        ],
+    )
+
+
+async def test_a_bad_change_rejects_only_itself_and_a_stale_version_is_ignored(
+    tmp_path: Path, cloud: ScriptedServer
+) -> None:
+    """Before: one bad change discarded the whole batch, valid parts too, and versions going back were accepted."""
+    env = {"OPENAI_API_KEY": "sk-test-7c2e9a41b5d84f06a3e1c9b7d2f5a8e4", "OPENAI_BASE_URL": cloud.url}
+    async with serving(tmp_path, env=env) as client:
+        open_doc(client, "alpha\nbeta\ngamma\n", OTHER_URI)
+        batch = [
+            ((0, 0), (0, 0), "X"),
+            ((9, 0), (9, 0), "past the end"),
+            ((1, 3), (1, 1), "reversed"),
+            ((2, 5), (2, 5), "Y"),
+        ]
+        client.text_document_did_change(change(2, OTHER_URI, *batch))
+        text = "Xalpha\nbeta\ngammaY\n"  # the editor's: it applied the changes it could
+        assert await server_copy(client, cloud, OTHER_URI, text) == text.rstrip("\n")
+        client.text_document_did_change(change(2, OTHER_URI, ((0, 0), (0, 0), "replayed ")))
+        client.text_document_did_change(change(1, OTHER_URI, ((0, 0), (0, 0), "stale ")))
+        assert await server_copy(client, cloud, OTHER_URI, text) == text.rstrip("\n")
+        client.text_document_did_change(change(3, OTHER_URI, ((1, 0), (1, 4), "BETA")))
+        text = "Xalpha\nBETA\ngammaY\n"
+        assert await server_copy(client, cloud, OTHER_URI, text) == text.rstrip("\n")
+        messages = [m.message for m in client.messages]
+    assert sum("left out" in m for m in messages) == 2, messages  # each bad change said
+    assert sum("version went back" in m for m in messages) == 1, messages  # said once
