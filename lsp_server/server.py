@@ -18,7 +18,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import JsonRPCNotification, LanguageServerProtocol, lsp_method
+from pygls.protocol import JsonRPCNotification, LanguageServerProtocol, default_converter, lsp_method
 from pygls.uris import to_fs_path
 
 from lsp_server import __version__, transport
@@ -210,7 +210,7 @@ class TandemServer(LanguageServer):
     protocol: TandemProtocol
 
     def __init__(self, make_app: AppFactory = App) -> None:
-        super().__init__("tandem", __version__, protocol_cls=TandemProtocol)
+        super().__init__("tandem", __version__, protocol_cls=TandemProtocol, converter_factory=_converter)
         self.make_app = make_app
         self.app: App | None = None
         """Made once `initialized` has brought the settings."""
@@ -520,6 +520,20 @@ async def _apply_refactor(ls: TandemServer, doc: Document, span: Span, code: str
     if answer.applied:
         return None
     return f"the editor did not apply it ({answer.failure_reason or 'no reason given'})"
+
+
+def _converter() -> Any:
+    """pygls's converter, except that a string takes only a string: cattrs makes 42 into "42", so a didChange whose
+    text was a number replaced the document with its digits."""
+    converter = default_converter()  # type: ignore[no-untyped-call]
+
+    def string(value: Any, _: Any) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, not {type(value).__name__}")
+        return value
+
+    converter.register_structure_hook(str, string)
+    return converter
 
 
 class _Stdin:
