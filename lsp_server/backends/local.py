@@ -73,7 +73,8 @@ class LocalBackend:
         """Why the model could not load."""
         self.failed_at: float | None = None
         self.errors = 0
-        """Jobs of the worker that failed (a load, a generation, an evaluation ahead); it served on after each."""
+        """Jobs that failed in the worker (generations, evaluations ahead); it served on after each. A load that
+        failed shows as the error state instead."""
         self._settings = settings
         self._resolve_path = resolve_path
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -139,8 +140,8 @@ class LocalBackend:
             try:
                 self._load(settle)
             except Exception as exc:  # after llama.cpp loaded it, reading what tandem needs failed
+                log.exception("local model failed to load")
                 settle(None, BackendError(f"model failed to load: {exc}"))
-                raise
 
         self._thread.start()
         self._jobs.put(load)
