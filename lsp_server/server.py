@@ -559,9 +559,11 @@ class _Socket:
 
     async def readline(self) -> bytes:
         try:
-            return await self._reader.readline()
-        except ValueError:  # a line over the limit, which the stream dropped: junk, not the end
-            return b"(a line over the limit)\n"
+            return await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:  # the end of the stream
+            return exc.partial
+        except asyncio.LimitOverrunError:  # a line over the limit, left in the buffer: handed on a piece at a time
+            return await self._reader.read(transport.MAX_HEADER_LINE)
 
     async def read(self, n: int) -> bytes:
         return await self._reader.read(n)
