@@ -255,6 +255,14 @@ def test_transport_errors_are_answered_as_json_rpc_says(tmp_path: Path) -> None:
         popup = server.answer(lambda m: m.get("method") == "window/showMessage")
         assert "discarded" in popup["params"]["message"]
         assert "counters" in server.status(8)  # and the server serves on
+        # Invalid UTF-8 in a document (Neovim sends a latin-1 buffer's bytes as they are): replaced, and it opens.
+        document = {"uri": "file:///tmp/latin1.py", "languageId": "python", "version": 1, "text": "@@"}
+        opened = {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": document}}
+        server.send(json.dumps(opened).encode().replace(b"@@", b"# caf\xe9\\ndef add(a, b):\\n    return "))
+        position = {"line": 2, "character": 11}
+        params = {"textDocument": {"uri": document["uri"]}, "position": position, "context": {"triggerKind": 1}}
+        server.request(9, "textDocument/inlineCompletion", params)
+        assert server.answer(lambda m: m.get("id") == 9)["result"]["items"]  # before: "document is not open"
     finally:
         stderr = server.close()
     assert "Traceback" not in stderr, stderr[-3000:]
