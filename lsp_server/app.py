@@ -80,7 +80,7 @@ class App:
 
         self.prices = _prices(settings)
         self.ledger = Ledger(default_path(folder), self.prices, on_problem=ledger_problem)
-        self.audit = AuditLog(folder / AUDIT_FILE)
+        self.audit = AuditLog(folder / AUDIT_FILE, on_problem=lambda message: report(message, "warning"))
         self.budget = Budget(self.ledger, self.prices, settings.daily_budget_usd, settings.monthly_budget_usd)
         self.backends: dict[Role, Backend | None] = {role: self._build(role) for role in ROLES}
         """The backend of each role; chat None: the completion backend runs commands on this machine too."""

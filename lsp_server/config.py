@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,7 +83,27 @@ class Settings:
         return dict(self.routes).get(task, "auto")
 
 
-# wire key -> (field name, coerce); coerce raises ValueError/TypeError on a bad value.
+MAX_CONTEXT = 2**20
+"""The largest `local.contextSize`: about the longest context any model is trained for."""
+MAX_COMPLETION_TOKENS = 2048
+"""The largest `completion.maxTokens`: a suggestion is a few lines, a block at most."""
+
+
+class Clamped(ValueError):
+    """A value out of bounds, replaced by the nearest bound (the message says why)."""
+
+    def __init__(self, message: str, value: int) -> None:
+        super().__init__(message)
+        self.value = value
+
+
+def max_threads() -> int:
+    """The most CPU threads the local model may use: twice this machine's cores (more only slows it down, and
+    llama.cpp aborts the process when it cannot allocate their buffers)."""
+    return 2 * (os.cpu_count() or 1)
+
+
+# wire key -> (field name, coerce); coerce raises ValueError/TypeError on a bad value, Clamped on one out of bounds.
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError("expected a positive integer")
@@ -93,6 +114,18 @@ def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
         raise ValueError("expected a whole number from 0 to 64")
     return value
+
+
+def _at_most(high: Callable[[], int], what: str) -> Callable[[Any], int]:
+    """A positive integer, clamped to `high()`, which is `what`."""
+
+    def coerce(value: Any) -> int:
+        limit = high()
+        if _positive_int(value) > limit:
+            raise Clamped(f"is more than {what} ({limit:,}): {limit:,} used", limit)
+        return int(value)
+
+    return coerce
 
 
 def _bool(value: Any) -> bool:
@@ -160,9 +193,14 @@ def _model(value: Any) -> str:
 
 
 def _usd(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if not _amount(value):
         raise ValueError("expected a non-negative amount in USD")
     return float(value)
+
+
+def _amount(value: Any) -> bool:
+    """A finite non-negative number (JSON's NaN and Infinity, which Python reads, are not amounts)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _over_budget(value: Any) -> str:
@@ -195,10 +233,7 @@ def _prices(value: Any) -> tuple[tuple[str, float, float], ...]:
         raise ValueError('expected {"model": {"input": USD, "output": USD}}')
     rows = []
     for model, price in value.items():
-        if not isinstance(price, Mapping) or not all(
-            isinstance(price.get(k), (int, float)) and not isinstance(price.get(k), bool) and price[k] >= 0
-            for k in ("input", "output")
-        ):
+        if not isinstance(price, Mapping) or not all(_amount(price.get(k)) for k in ("input", "output")):
             raise ValueError(f"price of {model!r} needs non-negative input and output")
         rows.append((str(model), float(price["input"]), float(price["output"])))
     return tuple(rows)
@@ -208,13 +243,13 @@ _WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "local.modelPath": ("model_path", _optional_path),
     "local.chatModelPath": ("chat_model_path", _optional_path),
     "local.nGpuLayers": ("n_gpu_layers", _gpu_layers),
-    "local.contextSize": ("context_size", _positive_int),
+    "local.contextSize": ("context_size", _at_most(lambda: MAX_CONTEXT, "the longest context models are trained for")),
     "local.flashAttention": ("flash_attention", _bool),
-    "local.threads": ("threads", _positive_int),
+    "local.threads": ("threads", _at_most(max_threads, "twice this machine's CPU cores")),
     "completion.debounceMs": ("debounce_ms", _debounce),
     "completion.multiline": ("multiline", _multiline),
-    "completion.maxTokens": ("max_tokens", _positive_int),
-    "completion.promptTokens": ("prompt_tokens", _positive_int),
+    "completion.maxTokens": ("max_tokens", _at_most(lambda: MAX_COMPLETION_TOKENS, "a suggestion needs")),
+    "completion.promptTokens": ("prompt_tokens", _at_most(lambda: MAX_CONTEXT, "the longest context")),
     "completion.enabled": ("enabled", _bool),
     "completion.recentChunks": ("recent_chunks", _count),
     "local.endpoint": ("local_endpoint", _optional_str),
@@ -270,7 +305,15 @@ def resolve(
     if env.get("TANDEM_ENDPOINT_API_KEY"):
         values["endpoint_api_key"] = env["TANDEM_ENDPOINT_API_KEY"]
     _apply(flatten(options or {}), values, problems, "tandem setting")
-    return Settings(**values), problems
+    settings = Settings(**values)
+    room = settings.context_size // 2
+    if settings.max_tokens > room:  # the prompt would be cut to nothing to make room for the reply
+        problems.append(
+            f"completion.maxTokens={settings.max_tokens} leaves no room for the prompt in a context of "
+            f"{settings.context_size:,} tokens (local.contextSize): {room:,} used"
+        )
+        settings = replace(settings, max_tokens=room)
+    return settings, problems
 
 
 def _apply(flat: Mapping[str, Any], values: dict[str, Any], problems: list[str], source: str) -> None:
@@ -282,6 +325,9 @@ def _apply(flat: Mapping[str, Any], values: dict[str, Any], problems: list[str],
         name, coerce = _WIRE[key]
         try:
             coerced = coerce(value)
+        except Clamped as exc:
+            problems.append(f"{source} {key}={value!r} {exc}")
+            coerced = exc.value
         except (TypeError, ValueError) as exc:
             shown = "(hidden)" if key in _SECRET_KEYS else repr(value)  # a key, even a malformed one, is never logged
             problems.append(f"{source} {key}={shown} ignored: {exc}")

@@ -6,15 +6,18 @@ import bisect
 import functools
 import ipaddress
 import json
+import logging
 import os
 import posixpath
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+log = logging.getLogger(__name__)
 
 IGNORE_FILE = ".tandemignore"
 # A URI scheme has two letters or more: `C:` starts a Windows path.
@@ -346,8 +349,10 @@ def restore(text: str, redaction: Redaction) -> str:
 class AuditLog:
     """Append-only JSON-lines record of what was sent to the cloud; never holds a secret."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], on_problem: Callable[[str], None] = log.warning) -> None:
         self.path = Path(path)
+        self._on_problem = on_problem
+        """Told when a record cannot be written: the request it describes was sent, and its reply is kept."""
         self._lock = threading.Lock()
 
     def write(
@@ -359,7 +364,7 @@ class AuditLog:
         completion_tokens: int,
         redacted_kinds: Sequence[str],
     ) -> None:
-        """Append one record with the current time."""
+        """Append one record with the current time; a failure is reported, never raised."""
         record = {
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": model,
@@ -372,6 +377,9 @@ class AuditLog:
         }
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(line)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(line)
+            except OSError as exc:
+                self._on_problem(f"the cloud audit log {self.path} cannot be written ({exc.strerror or exc})")

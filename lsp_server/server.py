@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import JsonRPCNotification, LanguageServerProtocol, lsp_method
+from pygls.protocol import JsonRPCNotification, LanguageServerProtocol, default_converter, lsp_method
 from pygls.uris import to_fs_path
 
-from lsp_server import __version__
+from lsp_server import __version__, transport
 from lsp_server.acceptance import Change, replacement
 from lsp_server.app import App, Level, Report
 from lsp_server.assist import AssistRequest, AssistResult
@@ -109,6 +113,41 @@ class TandemProtocol(LanguageServerProtocol):
             pending.shown.server = (time.perf_counter() - pending.received) * 1000  # the answer is written by now
             self._server.app.last_timing = pending.shown
 
+    async def serve(self, reader: transport.Reader, stop: threading.Event) -> None:
+        """Handle each message the client sends, answering those that cannot be handled as JSON-RPC says, until
+        the stream ends or `stop` is set (`exit` ends the process)."""
+        async for item in transport.messages(reader):
+            if isinstance(item, transport.Invalid):
+                self._reject(item)
+            else:
+                self._receive(item)
+            if stop.is_set():
+                break
+
+    def _reject(self, invalid: transport.Invalid) -> None:
+        log.warning("%s", invalid.message)
+        error = {"code": invalid.code, "message": invalid.message}
+        for msg_id in (invalid.id, *invalid.batched):
+            # written as is: pygls would leave out a null id, which JSON-RPC requires when the id is unknown
+            self._send_data({"jsonrpc": self.VERSION, "id": msg_id, "error": error})
+        if invalid.tell_user is not None:
+            self._server.report_once(invalid.tell_user)
+
+    def _receive(self, data: dict[str, Any]) -> None:
+        try:
+            message = self.structure_message(data)
+        except JsonRpcException as exc:  # a notification: nobody to answer (a request was answered already)
+            log.warning("malformed %s notification ignored: %s", data.get("method"), exc.__cause__)
+            self._server.report_once(f"a malformed {data.get('method')} notification was ignored")
+            return
+        self.handle_message(message)
+
+    def _send_response(self, msg_id: Any, result: Any | None = None, error: types.ResponseError | None = None) -> None:
+        # pygls puts a handler's traceback in an internal error's data: it is for our log, not the client.
+        if error is not None and isinstance(error.data, Mapping) and "traceback" in error.data:
+            error = types.ResponseError(code=error.code, message=error.message)
+        super()._send_response(msg_id, result, error)
+
     def structure_message(self, data: dict[str, Any]) -> Any:
         try:
             return super().structure_message(data)
@@ -148,6 +187,11 @@ class TandemProtocol(LanguageServerProtocol):
         if doc is None:
             log.warning("change to a document that is not open: %s", params.text_document.uri)
             return
+        version = params.text_document.version
+        if version <= doc.version:  # a stale or replayed change: versions only go up (LSP)
+            log.warning("change to %s ignored: version %d after version %d", doc.uri, version, doc.version)
+            self._server.report_once(f"changes to {doc.uri} whose version went back were ignored", "warning")
+            return
         app = self._server.app
         track = app is not None and app.acceptance.tracking(doc.uri)
         tracked: list[Change] = []
@@ -160,7 +204,7 @@ class TandemProtocol(LanguageServerProtocol):
                     self._server.recent.edited(doc.uri, start[0], end[0] - start[0], change.text.count("\n"))
             except PositionError as exc:  # rejects only itself: the valid changes of the batch apply
                 self._server.report_once(f"bad change to {doc.uri}: {exc}; that change was left out")
-        doc.version = params.text_document.version
+        doc.version = version
         if app is not None and tracked:
             app.acceptance.edited(doc.uri, tracked)
 
@@ -179,7 +223,7 @@ class TandemServer(LanguageServer):
     protocol: TandemProtocol
 
     def __init__(self, make_app: AppFactory = App) -> None:
-        super().__init__("tandem", __version__, protocol_cls=TandemProtocol)
+        super().__init__("tandem", __version__, protocol_cls=TandemProtocol, converter_factory=_converter)
         self.make_app = make_app
         self.app: App | None = None
         """Made once `initialized` has brought the settings."""
@@ -190,6 +234,37 @@ class TandemServer(LanguageServer):
         self.shutdown_requested = False
         self._reported: set[str] = set()
         self._ready = asyncio.Event()
+
+    def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        """Serve over stdio with tandem's reader (see `transport`) in place of pygls's."""
+        self._stop_event = stop = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        try:
+            asyncio.run(self.protocol.serve(_Stdin(stdin or sys.stdin.buffer, self.thread_pool), stop))
+        except BrokenPipeError:
+            log.error("the connection to the client is lost; shutting down")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()  # type: ignore[no-untyped-call]
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """Serve one client at a time over TCP with tandem's reader."""
+        self._stop_event = stop = threading.Event()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)
+            await self.protocol.serve(_Socket(reader), stop)
+            self.shutdown()  # type: ignore[no-untyped-call]
+
+        async def listen() -> None:
+            self._server = server = await asyncio.start_server(connection, host, port, limit=transport.MAX_HEADER_LINE)
+            log.info("serving on %s:%s", host, port)
+            async with server:
+                await server.serve_forever()  # until the connection ends (`shutdown` closes the server)
+
+        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            asyncio.run(listen())
 
     @property
     def encoding(self) -> str:
@@ -480,6 +555,53 @@ async def _apply_refactor(ls: TandemServer, doc: Document, span: Span, code: str
     if answer.applied:
         return None
     return f"the editor did not apply it ({answer.failure_reason or 'no reason given'})"
+
+
+def _converter() -> Any:
+    """pygls's converter, except that a string takes only a string: cattrs makes 42 into "42", so a didChange whose
+    text was a number replaced the document with its digits."""
+    converter = default_converter()  # type: ignore[no-untyped-call]
+
+    def string(value: Any, _: Any) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, not {type(value).__name__}")
+        return value
+
+    converter.register_structure_hook(str, string)
+    return converter
+
+
+class _Stdin:
+    """stdin as a `transport.Reader`: read in a thread, so the event loop never blocks on it."""
+
+    def __init__(self, stdin: BinaryIO, pool: Executor) -> None:
+        self._stdin = stdin
+        self._pool = pool
+
+    async def readline(self) -> bytes:
+        limit = transport.MAX_HEADER_LINE
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._stdin.readline, limit)
+
+    async def read(self, n: int) -> bytes:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._stdin.read, n)
+
+
+class _Socket:
+    """A TCP connection as a `transport.Reader`."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+
+    async def readline(self) -> bytes:
+        try:
+            return await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:  # the end of the stream
+            return exc.partial
+        except asyncio.LimitOverrunError:  # a line over the limit, left in the buffer: handed on a piece at a time
+            return await self._reader.read(transport.MAX_HEADER_LINE)
+
+    async def read(self, n: int) -> bytes:
+        return await self._reader.read(n)
 
 
 def _other_documents(server: TandemServer, doc: Document, most: int = 8) -> tuple[tuple[str, str], ...]:

@@ -72,6 +72,9 @@ class LocalBackend:
         self.last_error: str | None = None
         """Why the model could not load."""
         self.failed_at: float | None = None
+        self.errors = 0
+        """Jobs that failed in the worker (generations, evaluations ahead); it served on after each. A load that
+        failed shows as the error state instead."""
         self._settings = settings
         self._resolve_path = resolve_path
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -97,14 +100,15 @@ class LocalBackend:
         return (await self.info()).template
 
     def status(self) -> dict[str, object]:
-        """Loading, ready with what was loaded how, or why it could not load."""
+        """Loading, ready with what was loaded how, or why it could not load; and the jobs that failed."""
         if self.last_error is not None:
-            return {"state": "error", "error": self.last_error}
+            return {"state": "error", "error": self.last_error, "errors": self.errors}
         info = self.loaded
         if info is None:
-            return {"state": "loading"}
+            return {"state": "loading", "errors": self.errors}
         return {
             "state": "ready",
+            "errors": self.errors,
             "name": info.name,
             "path": info.path,
             "fim": info.template.family if info.template else None,
@@ -133,8 +137,15 @@ class LocalBackend:
 
             loop.call_soon_threadsafe(set_result)
 
+        def load() -> None:
+            try:
+                self._load(settle)
+            except Exception as exc:  # after llama.cpp loaded it, reading what tandem needs failed
+                log.exception("local model failed to load")
+                settle(None, BackendError(f"model failed to load: {exc}"))
+
         self._thread.start()
-        self._jobs.put(lambda: self._load(settle))
+        self._jobs.put(load)
         return loaded
 
     def close(self) -> None:
@@ -153,7 +164,11 @@ class LocalBackend:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            job()
+            try:
+                job()
+            except Exception:  # the job failed (its caller was told); the next one is served all the same
+                self.errors += 1
+                log.exception("a job of the local model failed")
 
     def _load(self, settle: Callable[[ModelInfo | None, BaseException | None], None]) -> None:
         started = time.perf_counter()
@@ -226,7 +241,6 @@ class LocalBackend:
     ) -> None:
         if cancel.is_set():  # superseded while queued: no prompt evaluation at all
             report.cancelled = True
-            push(_DONE)
             return
         assert self._decoder is not None
         started = time.perf_counter()
@@ -234,6 +248,7 @@ class LocalBackend:
         if done.served:  # the wait, if any, was for the last of these tokens, decoded ahead: model time
             started = queued
         if done.error is not None:
+            self.errors += 1
             log.error("generation failed", exc_info=done.error)
             push(BackendError(f"local generation failed: {done.error}"))
         generated = len(done.logprobs)
@@ -247,7 +262,6 @@ class LocalBackend:
             done.prompt_tokens, completion_tokens=generated, cached_tokens=done.prompt_tokens - done.evaluated
         )
         report.total_s = time.perf_counter() - started
-        push(_DONE)
 
     def _prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
         """Evaluate the prompt, then decode its first line ahead of the generation that may follow, until other
@@ -295,7 +309,17 @@ class LocalBackend:
             loop.call_soon_threadsafe(chunks.put_nowait, item)
 
         queued = time.perf_counter()
-        self._jobs.put(lambda: self._generate(text, cancel, report, push, queued))
+
+        def generate() -> None:
+            try:
+                self._generate(text, cancel, report, push, queued)
+            except Exception as exc:  # e.g. text the tokenizer cannot encode: this request fails, clearly
+                push(BackendError(f"local generation failed: {type(exc).__name__}: {exc}"))
+                raise
+            finally:
+                push(_DONE)
+
+        self._jobs.put(generate)
         item: object = None
         try:
             while (item := await chunks.get()) is not _DONE:

@@ -191,10 +191,12 @@ def _finish(partial: Path, target: Path, expected: str | None, verify: bool, kno
                 f"checksum mismatch for {target.name}: expected {expected}, got {actual}; the download was removed"
             )
     try:
-        read_gguf(partial)
+        problems = list(read_gguf(partial).warnings)  # truncated, or a version llama.cpp here cannot load either
     except GgufError as exc:
+        problems = [str(exc)]
+    if problems:
         partial.unlink()
-        raise PullError(f"downloaded file is not a usable GGUF ({exc}); it was removed") from exc
+        raise PullError(f"downloaded file is not a usable GGUF ({'; '.join(problems)}); it was removed")
     if expected is not None and not known:
         checksum_path(target).write_text(expected + "\n")
     os.replace(partial, target)  # atomic: a model path never points at half a file

@@ -168,14 +168,28 @@ def test_next_url_is_tried_when_the_first_fails(server: FileServer, tmp_path: Pa
     assert pull(card, quant, tmp_path).read_bytes() == server.data
 
 
-def test_a_download_that_is_not_gguf_is_removed(tmp_path: Path) -> None:
-    not_model = tmp_path / "src" / "notes.txt"
-    not_model.parent.mkdir()
-    not_model.write_bytes(b"not a model at all" * 1000)
-    files = FileServer(not_model)
+def _damaged(model: bytes, damage: str) -> bytes:
+    if damage == "not-gguf":
+        return b"not a model at all" * 1000
+    if damage == "truncated":
+        return model[: len(model) // 2]
+    return model[:4] + (999).to_bytes(4, "little") + model[8:]  # a version llama.cpp here cannot load
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [("not-gguf", "not a GGUF model file"), ("truncated", "truncated"), ("unknown-version", "GGUF version 999")],
+)
+def test_a_download_that_is_not_a_usable_gguf_is_removed(damage: str, said: str, tmp_path: Path) -> None:
+    """Its checksum matches what the server states: the GGUF check is what stops it. Before: a truncated file or
+    one of an unknown version was kept, with no word."""
+    served = tmp_path / "src" / "model.gguf"
+    served.parent.mkdir()
+    served.write_bytes(_damaged(embedded_model().read_bytes(), damage))
+    files = FileServer(served)
     try:
         card, quant = _card(f"{files.url}/etag/model.gguf")
-        with pytest.raises(PullError, match="not a usable GGUF"):
+        with pytest.raises(PullError, match=f"not a usable GGUF .*{said}.*it was removed"):
             pull(card, quant, tmp_path / "models")
         assert _left(tmp_path / "models") == []
     finally:

@@ -340,3 +340,38 @@ def test_saved_settings(tmp_path: Path, content: str | None, expected: dict[str,
     if content is not None:
         (tmp_path / SAVED_SETTINGS).write_text(content)
     assert saved_settings({"TANDEM_DATA_DIR": str(tmp_path)}) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field", "used"),
+    [
+        pytest.param("local.threads", 100_000, "threads", config.max_threads(), id="threads"),
+        pytest.param("local.contextSize", 2**40, "context_size", config.MAX_CONTEXT, id="context"),
+        pytest.param("completion.maxTokens", 10**9, "max_tokens", config.Settings.context_size // 2, id="max-tokens"),
+        pytest.param("completion.promptTokens", 10**12, "prompt_tokens", config.MAX_CONTEXT, id="prompt-tokens"),
+    ],
+)
+def test_an_absurd_number_is_clamped_with_a_message(key: str, value: int, field: str, used: int) -> None:
+    settings, problems = resolve({key: value}, env=NO_ENV)
+    assert getattr(settings, field) == used
+    [problem] = problems
+    assert f"{key}={value}" in problem and f"{used:,} used" in problem
+
+
+def test_threads_up_to_twice_the_cores_are_kept() -> None:
+    most = 2 * (os.cpu_count() or 1)
+    assert config.max_threads() == most
+    assert resolve({"local.threads": most}, env=NO_ENV) == (Settings(threads=most), [])
+
+
+def test_max_tokens_leave_half_the_context_to_the_prompt() -> None:
+    settings, problems = resolve({"local.contextSize": 512, "completion.maxTokens": 400}, env=NO_ENV)
+    assert settings.max_tokens == 256
+    assert ["completion.maxTokens=400 leaves no room" in p for p in problems] == [True]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "infinity"])
+def test_amounts_are_finite(value: float) -> None:
+    settings, problems = resolve({"cloud.dailyBudgetUsd": value, "cloud.prices": {"m": {"input": value, "output": 1}}})
+    assert (settings.daily_budget_usd, settings.prices) == (None, ())
+    assert len(problems) == 2
