@@ -34,6 +34,7 @@ test-stress: $(STAMP) $(VOCAB)
 # The README's pictures, taken by the editor tests in a real VS Code and a real Neovim.
 screenshots: $(STAMP) $(VOCAB)
 	TANDEM_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q --timeout=3600 tests/editors/test_vscode.py tests/editors/test_nvim.py
+	test -z "$$(find docs/screenshots -name '*.png' -size +150k)"  # kept small in git
 
 serve: $(STAMP)
 	$(BIN)/tandem serve
