@@ -115,7 +115,7 @@ def workbench(vsix: Path, cloud: ScriptedServer, tmp_path_factory: pytest.TempPa
     user_data, extensions = tmp / "user-data", tmp / "extensions"
     settings = user_data / "User" / "settings.json"
     settings.parent.mkdir(parents=True)
-    settings.write_text(json.dumps({**SETTINGS, "tandem.cloud.baseUrl": cloud.url}), encoding="utf-8")
+    settings.write_text(json.dumps({**SETTINGS, "tandem.cloud.baseUrl": cloud.url}, indent=2), encoding="utf-8")
     # code-server is a remote window: the server command goes in the Remote settings, as the README says
     # (VS Code reads a User value of this machine-overridable setting at startup but not after a change)
     remote = user_data / "Machine" / "settings.json"
@@ -270,7 +270,8 @@ def test_a_settings_change_keeps_the_server_serving(session: dict[str, Any]) -> 
     assert changed["ghost"]["first"].strip()
     assert "sending them to the server" in session["server_log"]
     assert "cannot find the server executable" not in session["server_log"]
-    assert not any("cannot find" in note for note in session["notifications"]), session["notifications"]
+    notes = session.get("notifications", [])
+    assert not any("cannot find" in note for note in notes), notes
 
 
 def test_restarts_leave_no_traceback_flood(session: dict[str, Any]) -> None:

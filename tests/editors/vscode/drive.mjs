@@ -76,8 +76,8 @@ const statusItem = () =>
     return item ? { text: item.textContent.trim(), label: item.getAttribute("aria-label") } : null;
   });
 
-/** Ready: the status bar item names the model (not "tandem" or "loading model…"). */
-const ready = async () => /· local ·|· cloud ·/.test((await statusItem())?.text ?? "");
+/** Ready: the status bar item names the model and counts tokens (not "tandem" or "loading model…"). */
+const ready = async () => / tok · \$/.test((await statusItem())?.text ?? "");
 
 /** The ghost text on screen: its first line (after the cursor) and the lines below, spaces as spaces. */
 const ghost = () =>
@@ -185,15 +185,16 @@ try {
       ".monaco-editor .view-line:has(.ghost-text-decoration)",
     );
     // Tab takes what is shown (it may have grown since: the suggestion streams)
-    entry.shown = await ghost();
+    entry.shown = await until("ghost text", ghost);
     await page.keyboard.press("Tab");
     await until("the ghost text to go", async () => !(await ghost()));
     await page.keyboard.down("Control");
     await page.keyboard.press("s");
     await page.keyboard.up("Control");
-    entry.saved = await until("the file to be saved", () => {
+    // (code-server may also save on its own: wait for the accepted text, not for any change)
+    entry.saved = await until("the file to be saved with the accepted text", () => {
       const text = fs.readFileSync(input.file, "utf8");
-      return text !== input.source && text;
+      return text.includes(entry.shown.first) && text;
     });
   });
 
