@@ -1,12 +1,13 @@
 # `make demo` and `make test` set everything up on a fresh machine (Python 3.10+, a C compiler, cmake;
-# Node 20 and npm for the VS Code extension's tests).
+# Node 20 and npm for the VS Code extension's tests; Debian's apt for the real VS Code the tests drive,
+# which tests/editors/test_vscode.py installs with scripts/install-workbench.sh).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 VOCAB := .cache/vocab/.done
 
-.PHONY: demo test test-stress serve bench lint clean
+.PHONY: demo test test-stress screenshots serve bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,11 @@ test: $(STAMP) $(VOCAB)
 test-stress: $(STAMP) $(VOCAB)
 	bash scripts/under-load.sh $(MAKE) test
 
+# The README's pictures, taken by the editor tests in a real VS Code and a real Neovim.
+screenshots: $(STAMP) $(VOCAB)
+	TANDEM_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q --timeout=3600 tests/editors/test_vscode.py tests/editors/test_nvim.py
+	test -z "$$(find docs/screenshots -name '*.png' -size +150k)"  # kept small in git
+
 serve: $(STAMP)
 	$(BIN)/tandem serve
 
@@ -41,4 +47,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .cache tests/editors/vscode/node_modules

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def nvim(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     sample = tmp / "sample.py"
     sample.write_text(SOURCE, encoding="utf-8")
     result = tmp / "result.json"
+    shots = os.environ.get("TANDEM_SCREENSHOTS")  # `make screenshots`: the README's pictures
     test_input = {
         "plugin": str(REPO / "editors" / "nvim"),
         "cmd": [sys.executable, "-m", "lsp_server", "serve"],
@@ -58,6 +60,8 @@ def nvim(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "second": "return",
         "result": str(result),
     }
+    if shots:
+        test_input["screenshots"] = str(Path(shots).resolve())
     env = {**os.environ, "TANDEM_NVIM_TEST": json.dumps(test_input), "XDG_STATE_HOME": str(tmp / "state")}
     run = subprocess.run(
         [str(NVIM), "--headless", "-u", "NONE", "-i", "NONE", "-n", "-l", str(DRIVER)],
@@ -65,7 +69,7 @@ def nvim(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=1200 if shots else 240,  # a whole local Explain for the picture
     )
     log = tmp / "state" / "nvim" / "lsp.log"
     server_log = log.read_text(encoding="utf-8", errors="replace")[-6000:] if log.exists() else "(no LSP log)"
@@ -77,7 +81,28 @@ def nvim(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         )
     record["sample"] = sample.as_uri()
     record["data"] = str(tmp / "data")
+    if shots:
+        for page in Path(shots).resolve().glob("nvim-*.html"):
+            render(page)
     return record
+
+
+def render(page: Path) -> None:
+    """Turn an HTML picture of a Neovim window (TOhtml) into a PNG beside it, with Chromium; drop the HTML."""
+    rows = page.read_text(encoding="utf-8").split("<pre>")[1].split("</pre>")[0].count("\n")
+    subprocess.run(
+        [
+            shutil.which("chromium") or "/usr/bin/chromium",
+            *("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"),
+            f"--window-size=760,{min(560, 40 + 17 * rows)}",
+            f"--screenshot={page.with_suffix('.png')}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    page.unlink()
 
 
 def byte_col(text: str) -> int:

@@ -111,6 +111,29 @@ lua(
       ghost = _G.test.ghost(),
     }
   end
+  -- A picture of window `win` as HTML (Neovim's own :TOhtml), for the README (`make screenshots`).
+  function _G.test.html(win, path)
+    vim.o.termguicolors = true
+    vim.cmd("syntax on")
+    local src = vim.api.nvim_win_get_buf(win)
+    -- a copy with one more line: TOhtml draws no virtual lines below the last line
+    local buf = vim.api.nvim_create_buf(false, true)
+    vim.api.nvim_buf_set_lines(buf, 0, -1, false, vim.list_extend(vim.api.nvim_buf_get_lines(src, 0, -1, false), { "" }))
+    vim.bo[buf].filetype = vim.bo[src].filetype
+    for _, mark in ipairs(vim.api.nvim_buf_get_extmarks(src, ns, 0, -1, { details = true })) do
+      local details = mark[4]
+      vim.api.nvim_buf_set_extmark(buf, ns, mark[2], mark[3], {
+        virt_text = details.virt_text,
+        virt_text_pos = details.virt_text_pos,
+        virt_lines = details.virt_lines,
+      })
+    end
+    local copy = vim.api.nvim_open_win(buf, false, { relative = "editor", row = 0, col = 0, width = 90, height = 20 })
+    -- no line numbers: TOhtml does not indent virtual lines past them
+    local html = require("tohtml").tohtml(copy, { title = vim.fn.bufname(src) })
+    vim.api.nvim_win_close(copy, true)
+    vim.fn.writefile(html, path)
+  end
   function _G.test.scratch(name)
     local buf = vim.fn.bufnr("tandem://" .. name)
     if buf == -1 then
@@ -159,6 +182,9 @@ local ok, err = xpcall(function()
   type_slowly(input.typed)
   until_true("the final suggestion", [[return require("tandem").visible() and not _G.test.pending()]])
   record.before = lua("return _G.test.state()")
+  if input.screenshots then
+    lua("_G.test.html(0, ...)", input.screenshots .. "/nvim-ghost-text.html")
+  end
   record.ghosts = lua("return _G.test.ghosts")
   record.notified = lua("return _G.test.notified")
 
@@ -221,6 +247,17 @@ local ok, err = xpcall(function()
   lua("vim.cmd('checkhealth tandem')")
   record.health = lua("return vim.api.nvim_buf_get_lines(0, 0, -1, false)")
   record.messages = lua([[return vim.api.nvim_exec2("messages", { output = true }).output]])
+
+  if input.screenshots then
+    -- a whole answer for the README's picture (the test above cancels its explain early)
+    lua("vim.cmd.buffer(vim.fn.bufnr(...)); vim.cmd('4,7TandemExplain')", input.file)
+    if not vim.wait(900000, function()
+      return lua([[return vim.tbl_contains(_G.test.scratch("explain").lines, "---")]])
+    end, 200) then
+      error("timed out waiting for the whole explanation")
+    end
+    lua([[_G.test.html(vim.fn.bufwinid(vim.fn.bufnr("tandem://explain")), ...)]], input.screenshots .. "/nvim-explain.html")
+  end
 end, debug.traceback)
 
 if not ok then
