@@ -13,7 +13,7 @@ token cap and single-line stop, so both sides generate the same text and only ti
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -49,26 +49,30 @@ def build(python: str) -> Path:
 
 
 class LlamaServer:
-    """A llama-server process on loopback, started with the settings llama.vscode's README recommends for CPU."""
+    """A llama-server process on loopback, started as llama.vscode's README has its users start it on a CPU
+    (`-ub 1024 -b 1024 --cache-reuse 256`), everything else at llama-server's own defaults: threads (all
+    physical cores, to decode and to evaluate prompts), flash attention, slots. Only the context size is
+    tandem's, so that the memory rows compare like with like (it does not change the speed)."""
 
     def __init__(self, binary: Path, model: str, settings: Any, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
         args = [str(binary), "-m", model, "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["-c", str(settings.context_size), "-np", "1", "-fa", "on", "-ub", "1024", "-b", "1024"]
-        args += [
-            "--cache-reuse",
-            "256",
-            "--no-webui",
-            "-ngl",
-            str(999 if settings.n_gpu_layers is None or settings.n_gpu_layers < 0 else settings.n_gpu_layers),
-        ]
-        # The threads tandem's llama-cpp-python uses (half the CPUs to generate, all to evaluate prompts):
-        # the comparison is between the two ways of asking the model, not between thread settings.
-        cpus = os.cpu_count() or 1
-        args += ["-t", str(settings.threads or max(1, cpus // 2)), "-tb", str(settings.threads or cpus)]
+        args += ["-c", str(settings.context_size), "-ub", "1024", "-b", "1024", "--cache-reuse", "256", "--no-webui"]
+        layers = settings.n_gpu_layers
+        args += ["-ngl", str(999 if layers is None or layers < 0 else layers)]
         self._log = log.open("ab")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def threads(self) -> str:
+        """The threads llama-server chose, as its log says (`n_threads = 2 (n_threads_batch = 2) / 2`)."""
+        log = self.log.read_text("utf-8", "replace")
+        found = re.findall(r"n_threads = (\d+) \(n_threads_batch = (\d+)\) / (\d+)", log)
+        if not found:
+            return "threads: see its log"
+        threads, batch, cpus = found[-1]
+        return f"-t {threads} -tb {batch} (its defaults, of {cpus} CPUs)"
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Block until the model is loaded."""

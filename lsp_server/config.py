@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 Multiline = Literal["auto", "always", "never"]
+DecodeAhead = Literal["auto", "off"]
 Route = Literal["local", "cloud", "auto"]
 ROUTED_TASKS = ("explain", "debug", "refactor")
 """The tasks `routes` sends to the local model or the cloud; completions always run locally."""
@@ -31,9 +32,12 @@ class Settings:
     flash_attention: bool = True
     """Use flash attention where the build supports it."""
     threads: int | None = None
-    """CPU threads for the local model; None lets llama.cpp choose."""
+    """CPU threads for the local model; None: the fastest count measured at load (all physical cores or fewer)."""
     debounce_ms: int | None = None
     """Fixed debounce before a completion starts; None adapts to typing speed."""
+    decode_ahead: DecodeAhead = "auto"
+    """While the debounce runs: evaluate the prompt and decode its first line ahead, less when what is decoded
+    ahead is rarely used (auto); or leave the model idle until the debounce is over (off: for a battery)."""
     multiline: Multiline = "auto"
     """Multi-line ghost text: at block starts (auto), always, or never."""
     max_tokens: int = 96
@@ -115,6 +119,12 @@ def _multiline(value: Any) -> Multiline:
     return value  # type: ignore[no-any-return]
 
 
+def _decode_ahead(value: Any) -> DecodeAhead:
+    if value not in ("auto", "off"):
+        raise ValueError('expected "auto" or "off"')
+    return value  # type: ignore[no-any-return]
+
+
 def _optional_str(value: Any) -> str | None:
     if value == "":
         return None
@@ -183,6 +193,7 @@ _WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "local.threads": ("threads", _positive_int),
     "completion.debounceMs": ("debounce_ms", _debounce),
     "completion.multiline": ("multiline", _multiline),
+    "completion.decodeAhead": ("decode_ahead", _decode_ahead),
     "completion.maxTokens": ("max_tokens", _positive_int),
     "completion.promptTokens": ("prompt_tokens", _positive_int),
     "completion.enabled": ("enabled", _bool),

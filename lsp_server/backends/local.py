@@ -16,6 +16,8 @@ from pathlib import Path
 from lsp_server.backends import Ahead, BackendError, ChatPrompt, Generation, Prompt, TextPrompt, Usage
 from lsp_server.backends.chat_template import ChatTemplate, chat_template_of, render_chat
 from lsp_server.backends.decoding import Decoder
+from lsp_server.backends.threads import fastest as fastest_threads
+from lsp_server.backends.threads import physical_cores
 from lsp_server.completion.prompt import FimTemplate, marker_problems, template_from_gguf
 from lsp_server.config import Settings
 from lsp_server.models import fit
@@ -40,6 +42,8 @@ class ModelInfo:
     load_s: float
     chat: ChatTemplate | None = None
     """The model's chat template; None: chat is rendered as plain turns."""
+    threads: int = 1
+    """CPU threads to decode and to evaluate prompts (`local.threads`, else the fastest measured at load)."""
 
 
 def embedded_model_path(cache_dir: Path) -> Path:
@@ -111,6 +115,7 @@ class LocalBackend:
             "contextSize": info.context_size,
             "gpuOffload": info.gpu_offload,
             "loadSeconds": round(info.load_s, 2),
+            "threads": info.threads,
             "file": Path(info.path).name,
         }
 
@@ -171,9 +176,12 @@ class LocalBackend:
                     n_gpu_layers=n_gpu_layers,
                     flash_attn=s.flash_attention,
                     n_threads=s.threads,
+                    n_threads_batch=s.threads,
                     n_batch=512,
                     verbose=False,
                 )
+                threads = s.threads or fastest_threads(llm, physical_cores())
+                llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
         except BackendError as exc:
             log.error("local model not loaded: %s", exc)
             settle(None, exc)
@@ -201,16 +209,18 @@ class LocalBackend:
             gpu_offload=gpu and n_gpu_layers != 0,
             load_s=time.perf_counter() - started,
             chat=chat_template_of(llm.metadata, token_text),
+            threads=threads,
         )
         self.model = name
         log.info(
-            "loaded %s from %s in %.2f s (context %d, %s, %s)",
+            "loaded %s from %s in %.2f s (context %d, %s, %s, %d threads)",
             name,
             path,
             info.load_s,
             info.context_size,
             "GPU offload" if info.gpu_offload else "CPU",
             f"FIM {template.family}" if template else "prefix-only (no FIM tokens)",
+            threads,
         )
         self._decoder = Decoder(llm)  # indexes the vocabulary before "ready": the first completion must not wait
         settle(info, None)

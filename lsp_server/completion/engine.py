@@ -15,7 +15,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from lsp_server.backends import Ahead, Backend, Generation, TextPrompt
-from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess, repeats_nearby
+from lsp_server.completion.postprocess import (
+    ends_in_loop,
+    is_block_start,
+    may_repeat_nearby,
+    postprocess,
+    repeats_nearby,
+)
 from lsp_server.completion.prompt import build_prompt
 from lsp_server.config import Settings
 from lsp_server.ledger import Entry
@@ -30,6 +36,11 @@ _MAX_LINES = 12
 # better than a wrong one. On `tandem eval` every threshold above -1.75 dropped some partly right
 # suggestions (mostly prose in comments and docstrings), so this stays just below.
 _MIN_MEAN_LOGPROB = -2.0
+# The first line is shown while it is written, a whole word at a time: a word the model is still writing may
+# grow (`get_fo` → `get_format`), and its half would be noise to read; what ends in a non-word character is
+# final, as greedy tokens are never taken back.
+_WORD_TAIL = re.compile(r"\w+$")
+_WORD_END = re.compile(r"\W")
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,23 @@ class _Shown:
     suffix: str
     text: str
     request_id: str
+
+
+@dataclass
+class _Growing:
+    """The ghost text one generation has shown so far: an update only ever extends it."""
+
+    notify: Callable[[str], None]
+    text: str = ""
+
+    def show(self, text: str) -> None:
+        if len(text) > len(self.text) and text.startswith(self.text):
+            self.text = text
+            self.notify(text)
+
+    def settle(self, answer: str) -> str:
+        """The answer, unless it would take back some of what was shown: then what was shown."""
+        return answer if answer.startswith(self.text) else self.text
 
 
 @dataclass
@@ -344,13 +372,15 @@ class Engine:
         cancel = threading.Event()
         slot.cancel = cancel
         report = Generation()
+        shown = _Growing(on_partial)
         text = ""
         outcome = "error"
         try:
-            raw = await self._stream(backend, prompt, ctx, cancel, report, lambda: ticket != slot.seq, on_partial)
+            raw = await self._stream(backend, prompt, ctx, cancel, report, lambda: ticket != slot.seq, shown)
             text = _clean(raw, ctx)
             if report.mean_logprob is not None and report.mean_logprob < _MIN_MEAN_LOGPROB:
                 text = ""
+            text = shown.settle(text)
             outcome = "ok" if text else "empty"
         except asyncio.CancelledError:  # $/cancelRequest
             outcome = "cancelled"
@@ -370,9 +400,10 @@ class Engine:
         cancel: threading.Event,
         report: Generation,
         superseded: Callable[[], bool],
-        on_partial: Callable[[str], None],
+        shown: _Growing,
     ) -> str:
-        """Stream the raw reply, stopping as soon as what will be shown is complete."""
+        """Stream the raw reply, showing its first line word by word and then each finished line, and stopping as
+        soon as what will be shown is complete."""
         raw = ""
         stream = backend.stream(prompt, cancel, report)
         async with contextlib.aclosing(stream):
@@ -380,8 +411,11 @@ class Engine:
                 raw += chunk
                 if superseded() or ends_in_loop(raw):
                     break
-                if "\n" in chunk and self._enough(raw, ctx, on_partial):
-                    break
+                if "\n" in chunk:
+                    if self._enough(raw, ctx, shown):
+                        break
+                elif "\n" not in raw and _WORD_END.search(chunk):
+                    shown.show(_first_words(raw, ctx))
         if ctx.multiline and report.usage.completion_tokens >= prompt.max_tokens and "\n" in raw:
             raw = raw[: raw.rindex("\n")]  # out of tokens mid-line: show only whole lines
         return raw
@@ -401,15 +435,14 @@ class Engine:
         self._count_drafts(report.drafted, report.drafts_kept)
         self._record(Entry.of("completion", backend.name, backend.model, report, outcome, workspace, request_id))
 
-    def _enough(self, raw: str, ctx: Context, on_partial: Callable[[str], None]) -> bool:
+    def _enough(self, raw: str, ctx: Context, shown: _Growing) -> bool:
         """Show each finished line at once; True when the block (or the single line) is done."""
         finished = raw[: raw.rindex("\n")]
-        shown = _clean(finished, ctx)
-        if shown:
-            on_partial(shown)
+        lines = _clean(finished, ctx)
+        shown.show(lines)
         if not ctx.multiline:
             return True
-        return shown.count("\n") < finished.count("\n") or finished.count("\n") >= _MAX_LINES
+        return lines.count("\n") < finished.count("\n") or finished.count("\n") >= _MAX_LINES
 
     def _answer(self, suggestion: Suggestion, req: Request, started: float) -> Suggestion:
         self._latencies.append((time.perf_counter() - started) * 1000)
@@ -428,6 +461,15 @@ def _clean(raw: str, ctx: Context) -> str:
         multiline=ctx.multiline,
     )
     return "" if repeats_nearby(text, ctx.line_prefix, ctx.preceding, ctx.following) else text
+
+
+def _first_words(raw: str, ctx: Context) -> str:
+    """What of an unfinished first line can be shown: its whole words, cleaned; nothing while the line may turn
+    out to copy the line above or below (finished, it would be dropped)."""
+    words = _WORD_TAIL.sub("", raw)
+    if may_repeat_nearby(words, ctx.line_prefix, ctx.preceding, ctx.following):
+        return ""
+    return _clean(words, ctx)
 
 
 def _line_suffix(text: str, cursor: int) -> str:

@@ -139,3 +139,19 @@ async def test_status_counts_tokens_drafted_and_kept(client: Client, editor: str
     counters = (await status(client))["counters"]
     assert 0 < counters["draftedTokensKept"] <= counters["draftedTokens"]
     assert counters["draftedTokensKept"] < counters["generatedTokens"]  # kept drafts are generated tokens
+
+
+async def test_first_line_is_shown_word_by_word_and_only_ever_extended(client: Client, editor: str) -> None:
+    """A single line streams before it is finished, a whole word at a time: each notification of the request is
+    the start of the next one and of the answer, so nothing shown is ever taken back."""
+    text = SOURCE + "counts = {}\n    for word in text.split():\n        counts[word] = "
+    open_doc(client, text)
+    items = await complete(client, end_position(text, editor))
+    assert items
+    final = items[0].insert_text
+    assert isinstance(final, str) and "\n" not in final, final
+    shown = [params["text"] for params in client.ghost_text]
+    assert shown, f"nothing streamed before the answer {final!r}"
+    assert len(shown[0]) < len(final), (shown, final)  # shown before the line was finished
+    for text_so_far, later in zip(shown, [*shown[1:], final], strict=True):
+        assert later.startswith(text_so_far), (text_so_far, later)

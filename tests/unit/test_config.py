@@ -42,7 +42,7 @@ def test_every_vscode_server_setting_is_a_key_the_server_knows() -> None:
     assert client_only == {"server.command", "refactor.showDiff", "trace.server"}
     flat = config.flatten(section)
     assert set(flat) == set(config._WIRE)
-    assert len(flat) == 21
+    assert len(flat) == 22
 
 
 def test_vscode_defaults_resolve_to_the_server_defaults() -> None:
