@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from lsp_server.backends import Ahead, Backend, Generation, TextPrompt
 from lsp_server.completion.postprocess import (
@@ -147,6 +147,44 @@ class _Shown:
     request_id: str
 
 
+class AheadBudget:
+    """Tokens to decode ahead of a request while its debounce runs (`completion.decodeAhead: auto`).
+
+    The first line, while what is decoded ahead gets used: a pause's generation serves those tokens instead of
+    decoding them. When the user keeps typing something else they are wasted CPU, so once fewer than one in
+    `USED` of the recent tokens decoded ahead were served, only the prompt is evaluated (its last token's
+    logits give the first token for free; the KV cache keeps the prompt, which the generation always uses),
+    decoding ahead again one request in `PROBE` to notice when it would pay again.
+    """
+
+    USED = 4
+    PROBE = 8
+    WINDOW = 256
+    """Tokens decoded ahead that the usage is judged on (older ones count less and less)."""
+
+    def __init__(self) -> None:
+        self._decoded = 0.0
+        self._used = 0.0
+        self._asked = 0
+
+    def tokens(self, line: int) -> int:
+        """Tokens for the next request's decoding ahead, given those its first line may take."""
+        self._asked += 1
+        useful = self._decoded < self.WINDOW / 4 or self._used * self.USED >= self._decoded
+        return line if useful or self._asked % self.PROBE == 0 else 1
+
+    def decoded(self, tokens: int) -> None:
+        """Tokens were decoded ahead."""
+        self._decoded += tokens
+        if self._decoded > self.WINDOW:
+            scale = self.WINDOW / self._decoded
+            self._decoded, self._used = self.WINDOW, self._used * scale
+
+    def used(self, tokens: int) -> None:
+        """A generation served tokens decoded ahead."""
+        self._used = min(self._decoded, self._used + tokens)
+
+
 @dataclass
 class _Growing:
     """The ghost text one generation has shown so far: an update only ever extends it."""
@@ -241,6 +279,7 @@ class Engine:
         self._record = record
         self._slots: dict[str, _Slot] = {}
         self._latencies: deque[float] = deque(maxlen=2000)
+        self._ahead = AheadBudget()
 
     def reconfigure(self, settings: Settings, backend: Backend | None = None) -> None:
         """Serve the next requests with `settings`, and with `backend` when given: running generations then stop
@@ -300,10 +339,11 @@ class Engine:
         )
         text_prompt = TextPrompt(prompt.text, self._settings.max_tokens, () if ctx.multiline else ("\n",))
         delay = 0.0 if req.invoked else self._debounce(slot)
-        if delay > 0:
+        if delay > 0 and self._settings.decode_ahead == "auto":
             # The model is idle while the debounce runs: evaluate the prompt and decode ahead, so that
             # after the pause the first line is partly or wholly there.
-            backend.prefill(text_prompt, self._count_prefill)
+            ahead = replace(text_prompt, max_tokens=self._ahead.tokens(text_prompt.max_tokens))
+            backend.prefill(ahead, self._count_prefill)
         waited = time.perf_counter()
         await asyncio.sleep(delay)
         timing.debounce = (time.perf_counter() - waited) * 1000
@@ -346,6 +386,7 @@ class Engine:
         self.counters.promptTokensEvaluated += ahead.evaluated
         self.counters.generatedTokens += ahead.decoded
         self.counters.aheadTokens += ahead.decoded
+        self._ahead.decoded(ahead.decoded)
         self._count_drafts(ahead.drafted, ahead.drafts_kept)
 
     def _count_drafts(self, drafted: int, kept: int) -> None:
@@ -432,6 +473,7 @@ class Engine:
         self.counters.promptTokensEvaluated += report.usage.prompt_tokens - report.usage.cached_tokens
         self.counters.generatedTokens += report.usage.completion_tokens - report.ahead_tokens
         self.counters.aheadTokensUsed += report.ahead_tokens
+        self._ahead.used(report.ahead_tokens)
         self._count_drafts(report.drafted, report.drafts_kept)
         self._record(Entry.of("completion", backend.name, backend.model, report, outcome, workspace, request_id))
 

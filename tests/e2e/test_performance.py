@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 from lsp_server.backends import Ahead, Generation, TextPrompt
 from lsp_server.backends.local import LocalBackend, embedded_model_path
 from lsp_server.config import Settings, cache_dir
-from tests.conftest import Client
+from tests.conftest import Client, serving
 from tests.e2e.test_completion import SOURCE, complete, end_position, open_doc, status
 
 
@@ -155,3 +156,15 @@ async def test_first_line_is_shown_word_by_word_and_only_ever_extended(client: C
     assert len(shown[0]) < len(final), (shown, final)  # shown before the line was finished
     for text_so_far, later in zip(shown, [*shown[1:], final], strict=True):
         assert later.startswith(text_so_far), (text_so_far, later)
+
+
+async def test_decode_ahead_off_leaves_the_model_idle_during_the_debounce(tmp_path: Path, editor: str) -> None:
+    options = {"completion": {"decodeAhead": "off", "debounceMs": 3000}}  # a long wait, with nothing done in it
+    async with serving(tmp_path, editor, options) as client:
+        text = SOURCE + "counts = {}\n    for word in text.split():\n        counts[word] = "
+        open_doc(client, text)
+        items = await complete(client, end_position(text, editor), invoked=False)  # typed: debounced
+        assert items
+        counters = (await status(client))["counters"]
+        assert counters["aheadTokens"] == 0 and counters["generations"] == 1
+        assert counters["aheadTokensUsed"] == 0 and counters["generatedTokens"] > 0

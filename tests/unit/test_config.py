@@ -61,6 +61,7 @@ ALL = {
     "completion.enabled": False,
     "completion.debounceMs": 100,
     "completion.multiline": "never",
+    "completion.decodeAhead": "off",
     "completion.maxTokens": 64,
     "completion.promptTokens": 1024,
     "cloud.model": "gpt-4o-mini",
@@ -84,6 +85,7 @@ ALL_SETTINGS = Settings(
     enabled=False,
     debounce_ms=100,
     multiline="never",
+    decode_ahead="off",
     max_tokens=64,
     prompt_tokens=1024,
     cloud_model="gpt-4o-mini",
@@ -187,6 +189,7 @@ def test_payloads(options: dict[str, Any], changed: dict[str, Any]) -> None:
             "completion.multiline", "sometimes", 'expected "auto", "always" or "never"', id="multiline-unknown"
         ),
         pytest.param("completion.multiline", ["auto"], 'expected "auto", "always" or "never"', id="multiline-list"),
+        pytest.param("completion.decodeAhead", "on", 'expected "auto" or "off"', id="decode-ahead-unknown"),
         pytest.param("completion.maxTokens", 0, "expected a positive integer", id="max-tokens-zero"),
         pytest.param("completion.promptTokens", "1536", "expected a positive integer", id="prompt-tokens-string"),
         pytest.param("cloud.model", "", "expected a model name", id="model-empty"),
