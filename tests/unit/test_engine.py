@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -103,7 +104,7 @@ async def test_first_line_streams_word_by_word_each_update_extending_the_last() 
     suggestion = await eng.complete(Request("u", text, len(text), invoked=True), shown.append)
     assert suggestion is not None and suggestion.text == "total = sum(values) + offset"
     assert shown[:3] == ["total", "total =", "total = sum(values)"]  # whole words only, before the line ends
-    for earlier, later in zip(shown, shown[1:], strict=False):
+    for earlier, later in itertools.pairwise(shown):
         assert later.startswith(earlier) and later != earlier
     assert suggestion.text.startswith(shown[-1])
 
