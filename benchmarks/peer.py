@@ -4,10 +4,18 @@ llama.vscode (src/llama-server.ts, src/completion.ts) sends `/infill` with `inpu
 lines before the cursor's line), `prompt` (the cursor's line up to the cursor), `input_suffix` (the rest
 of the line and up to 64 lines after), `input_extra` (ring-buffer chunks; none here), `n_predict`,
 `n_indent`, `cache_prompt: true`, `t_max_prompt_ms: 500`, `t_max_predict_ms: 2500`. A model without
-FIM tokens gets `/completion` with the same text as one prompt. Two choices differ from llama.vscode,
-both in the peer's favour or for a like-for-like count: the peer streams (llama.vscode waits for the
-whole answer, so its first ghost text is its full suggestion), and it samples greedily with tandem's
-token cap and single-line stop, so both sides generate the same text and only time differs.
+FIM tokens gets `/completion` with the same text as one prompt. The file's prompt is warmed when it is
+opened (`n_predict: 0`), as llama.vscode's ring-buffer updates and llama.vim do.
+
+Where this differs from llama.vscode, it is in the peer's favour or for a like-for-like count:
+- one request, the moment typing stops. llama.vscode answers VS Code's inline-completion calls, which VS
+  Code makes while the user types (after its own short debounce); its requests run one at a time, so the
+  request for a pause often waits for one sent during the burst;
+- no request for the suggestion as if accepted (`cacheFutureSuggestion`), which llama.vscode sends after
+  each answer: its CPU would count on the peer's side;
+- the peer streams (llama.vscode waits for the whole answer, so its first ghost text is its full
+  suggestion), and samples greedily with tandem's token cap and single-line stop, so that both sides
+  generate the same text and only time and work differ.
 """
 
 from __future__ import annotations
@@ -66,13 +74,11 @@ class LlamaServer:
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
 
     def threads(self) -> str:
-        """The threads llama-server chose, as its log says (`n_threads = 2 (n_threads_batch = 2) / 2`)."""
-        log = self.log.read_text("utf-8", "replace")
-        found = re.findall(r"n_threads = (\d+) \(n_threads_batch = (\d+)\) / (\d+)", log)
+        """The threads llama-server chose, as its log says (`llama threadpool init, n_threads = 2`)."""
+        found = re.findall(r"threadpool init, n_threads = (\d+)", self.log.read_text("utf-8", "replace"))
         if not found:
             return "threads: see its log"
-        threads, batch, cpus = found[-1]
-        return f"-t {threads} -tb {batch} (its defaults, of {cpus} CPUs)"
+        return f"-t {found[0]} (its default: the physical cores; -tb the same), -ub 1024 -b 1024 --cache-reuse 256"
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Block until the model is loaded."""

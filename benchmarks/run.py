@@ -7,7 +7,8 @@ one server; print one table with each target met or missed.
     python benchmarks/run.py [--seeds 3,7] [--pauses 2] [--files 8] [--quick] [--model PATH]
                              [--markdown FILE] [--details]
 
-`--quick` (a development run, a few minutes): one seed, one pause per typist and file, the replay only.
+`--quick` (a development run): the first seed, 4 files, one pause per typist and file, the replay only.
+`--replay-only`: the typists' replay at the sizes given, without the direct, soak and fleet sections.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ async def replay(
 ) -> tuple[list[Replayed], dict[str, Any], int, int, str]:
     """Each case typed into tandem then into llama-server, in turn (a load that changes meanwhile touches both);
     also tandem's status, both RSS at the end, and the peer's threads."""
+    work.mkdir(parents=True, exist_ok=True)
     tandem = typists.Tandem(model, work / "server.log", work / "data", options)
     await tandem.start()
     fim = (await tandem.session.command("tandem.status"))["model"].get("fim") is not None
@@ -399,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="3,7", help="positions and rhythms; the first was tuned on (default 3,7)")
     parser.add_argument("--pauses", type=int, default=2, help="pauses per typist and file (default 2)")
     parser.add_argument("--files", type=int, default=8, help=f"files, of {len(typists.MODULES)} (default 8)")
-    parser.add_argument("--quick", action="store_true", help="one seed, one pause per typist and file, no more")
+    parser.add_argument("--replay-only", action="store_true", help="the typists' replay only (no soak, no fleet)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a development run: the first seed, 4 files, 1 pause each, replay only"
+    )
     parser.add_argument("--options", type=json.loads, help="tandem's initializationOptions, as JSON")
     parser.add_argument("--model", help="GGUF file (default: the embedded Gemma 3 270M); a GPU build offloads it")
     parser.add_argument("--soak", type=int, default=10_000, help="requests in the memory soak (default 10,000)")
@@ -408,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = [int(seed) for seed in args.seeds.split(",")]
     if args.quick:
-        seeds, args.pauses = seeds[:1], 1
+        seeds, args.files, args.pauses, args.replay_only = seeds[:1], 4, 1, True
     settings = Settings()
     model = args.model or str(embedded_model_path(cache_dir()))
     modules = typists.MODULES[: args.files]
@@ -429,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += typing_rows(replayed, label, verdicts=n == len(seeds) - 1 or len(seeds) == 1)
     ours = [p for _, replayed in runs for r in replayed for p in r.tandem]
     rows += overhead_rows(ours)
-    if not args.quick:
+    if not args.replay_only:
         first_cases = [r.case for r in runs[0][1]]
         firsts, kv = direct(first_cases, model, settings)
         ledger = asyncio.run(ledger_on_off(model, settings))

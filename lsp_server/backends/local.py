@@ -258,25 +258,26 @@ class LocalBackend:
         report.total_s = time.perf_counter() - started
         push(_DONE)
 
-    def _prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
+    def _prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None]) -> None:
         """Evaluate the prompt, then decode its first line ahead of the generation that may follow, until other
         work arrives."""
         if not self._jobs.empty():  # a generation, or a newer prompt, is waiting: it matters more
             return
         assert self._decoder is not None
         # Ahead of a request, only its first line: that is what the user waits for.
-        ahead = self._decoder.run(
-            prompt, lambda _: None, lambda text: "\n" in text.lstrip("\n") or not self._jobs.empty()
-        )
+        ahead = self._decoder.run(prompt, emit, lambda text: "\n" in text.lstrip("\n") or not self._jobs.empty())
         if ahead.error is not None:  # the generation will report its own
             log.error("prompt evaluation ahead of a generation failed", exc_info=ahead.error)
             return
         if ahead.evaluated or ahead.decoded:
-            done(Ahead(ahead.evaluated, ahead.decoded, ahead.drafted, ahead.drafts_kept))
+            finished = not ahead.interrupted and len(ahead.logprobs) < prompt.max_tokens
+            done(Ahead(ahead.evaluated, ahead.decoded, ahead.drafted, ahead.drafts_kept, finished))
 
     # --- event loop side -------------------------------------------------
 
-    def prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
+    def prefill(
+        self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None] = lambda text: None
+    ) -> None:
         """Evaluate a prompt while the engine waits out its debounce, when the worker has nothing else to do,
         then decode its first line ahead until other work arrives: the generation that may follow starts on a
         warm KV cache with its first tokens chosen. `done` hears what was done, on the caller's loop."""
@@ -287,7 +288,10 @@ class LocalBackend:
         def report(ahead: Ahead) -> None:
             loop.call_soon_threadsafe(done, ahead)
 
-        self._jobs.put(lambda: self._prefill(prompt, report))
+        def piece(text: str) -> None:
+            loop.call_soon_threadsafe(emit, text)
+
+        self._jobs.put(lambda: self._prefill(prompt, report, piece))
 
     async def stream(self, prompt: Prompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
         """Yield text as the worker generates it (chat rendered with the model's template); closing the stream

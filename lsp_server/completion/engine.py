@@ -107,7 +107,7 @@ class Counters:
 class AdaptiveDebounce:
     """How long to wait before a request may start the model, from the user's typing rhythm.
 
-    While typing, the wait stretches just past the user's usual gap between keys (their 90th
+    While typing, the wait stretches half again past the user's usual gap between keys (their 90th
     percentile), so a generation starts only once the typing stops; a slow typist waits longer,
     a fast one less. The first key after a pause waits as long: it is usually followed by more,
     and a generation started for it costs the one that matters its CPU (measured in the benchmark).
@@ -117,7 +117,10 @@ class AdaptiveDebounce:
     """A longer gap between requests ends a burst of typing."""
     START_S = 0.12
     MIN_S = 0.04
-    MAX_S = 0.3
+    MAX_S = 0.6
+    """A generation started on a gap in the typing is stopped by the next key: past the usual gap with room to
+    spare, so that a pause starts about one; the wait costs nothing, as the first line's words, decoded ahead
+    meanwhile, are shown as they come."""
 
     def __init__(self) -> None:
         self._last: float | None = None
@@ -129,7 +132,7 @@ class AdaptiveDebounce:
         self._last = now
         if gap is not None and gap < self.PAUSE_S:
             self._gaps.append(gap)
-        wait = 1.2 * self._usual_gap() if self._gaps else self.START_S
+        wait = 1.5 * self._usual_gap() if self._gaps else self.START_S
         return min(self.MAX_S, max(self.MIN_S, wait))
 
     def _usual_gap(self) -> float:
@@ -339,11 +342,30 @@ class Engine:
         )
         text_prompt = TextPrompt(prompt.text, self._settings.max_tokens, () if ctx.multiline else ("\n",))
         delay = 0.0 if req.invoked else self._debounce(slot)
+        shown = _Growing(on_partial)
         if delay > 0 and self._settings.decode_ahead == "auto":
-            # The model is idle while the debounce runs: evaluate the prompt and decode ahead, so that
-            # after the pause the first line is partly or wholly there.
+            # The model is idle while the debounce runs: evaluate the prompt and decode the first line ahead,
+            # showing its words as they come (greedy tokens: the generation after the pause serves the same
+            # ones), so that when typing stops the line is partly or wholly there and the wait costs nothing.
             ahead = replace(text_prompt, max_tokens=self._ahead.tokens(text_prompt.max_tokens))
-            backend.prefill(ahead, self._count_prefill)
+            decoded: list[str] = []
+
+            def decoded_ahead(piece: str) -> None:
+                decoded.append(piece)
+                raw = "".join(decoded)
+                if ticket != slot.seq:
+                    return
+                if "\n" in raw:  # the first line of a block, finished
+                    shown.show(_clean(raw[: raw.rindex("\n")], ctx))
+                elif _WORD_END.search(piece):
+                    shown.show(_first_words(raw, ctx))
+
+            def done_ahead(done: Ahead) -> None:
+                self._count_prefill(done)
+                if done.finished and ticket == slot.seq and not ctx.multiline:  # the whole line, at its stop
+                    shown.show(_clean("".join(decoded), ctx))
+
+            backend.prefill(ahead, done_ahead, decoded_ahead)
         waited = time.perf_counter()
         await asyncio.sleep(delay)
         timing.debounce = (time.perf_counter() - waited) * 1000
@@ -351,9 +373,7 @@ class Engine:
             self.counters.supersededRequests += 1
             return None
         request_id = uuid.uuid4().hex
-        text = await self._generate(
-            backend, text_prompt, ctx, slot, ticket, req.workspace, request_id, on_partial, timing
-        )
+        text = await self._generate(backend, text_prompt, ctx, slot, ticket, req.workspace, request_id, shown, timing)
         if not text:
             return None
         slot.shown = _Shown(req.text[: req.cursor], req.text[req.cursor :], text, request_id)
@@ -406,14 +426,14 @@ class Engine:
         ticket: int,
         workspace: str,
         request_id: str,
-        on_partial: Callable[[str], None],
+        shown: _Growing,
         timing: Timing,
     ) -> str | None:
-        """One generation, streamed then finished; the cleaned text, or None when it was cancelled."""
+        """One generation, streamed then finished (never taking back what was `shown`); the cleaned text, or None
+        when it was cancelled."""
         cancel = threading.Event()
         slot.cancel = cancel
         report = Generation()
-        shown = _Growing(on_partial)
         text = ""
         outcome = "error"
         try:
