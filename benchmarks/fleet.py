@@ -108,7 +108,7 @@ async def _user(index: int, endpoint: str, pauses: int, go: asyncio.Event, ready
     paused_at: float | None = None
     shown_at: list[float] = []
 
-    def on_ghost_text(text: str) -> None:
+    def on_ghost_text(text: str, version: int) -> None:
         if paused_at is not None and not shown_at:
             shown_at.append(now_ms())
 

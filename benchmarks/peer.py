@@ -4,16 +4,24 @@ llama.vscode (src/llama-server.ts, src/completion.ts) sends `/infill` with `inpu
 lines before the cursor's line), `prompt` (the cursor's line up to the cursor), `input_suffix` (the rest
 of the line and up to 64 lines after), `input_extra` (ring-buffer chunks; none here), `n_predict`,
 `n_indent`, `cache_prompt: true`, `t_max_prompt_ms: 500`, `t_max_predict_ms: 2500`. A model without
-FIM tokens gets `/completion` with the same text as one prompt. Two choices differ from llama.vscode,
-both in the peer's favour or for a like-for-like count: the peer streams (llama.vscode waits for the
-whole answer, so its first ghost text is its full suggestion), and it samples greedily with tandem's
-token cap and single-line stop, so both sides generate the same text and only time differs.
+FIM tokens gets `/completion` with the same text as one prompt. The file's prompt is warmed when it is
+opened (`n_predict: 0`), as llama.vscode's ring-buffer updates and llama.vim do.
+
+Where this differs from llama.vscode, it is in the peer's favour or for a like-for-like count:
+- one request, the moment typing stops. llama.vscode answers VS Code's inline-completion calls, which VS
+  Code makes while the user types (after its own short debounce); its requests run one at a time, so the
+  request for a pause often waits for one sent during the burst;
+- no request for the suggestion as if accepted (`cacheFutureSuggestion`), which llama.vscode sends after
+  each answer: its CPU would count on the peer's side;
+- the peer streams (llama.vscode waits for the whole answer, so its first ghost text is its full
+  suggestion), and samples greedily with tandem's token cap and single-line stop, so that both sides
+  generate the same text and only time and work differ.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -49,26 +57,28 @@ def build(python: str) -> Path:
 
 
 class LlamaServer:
-    """A llama-server process on loopback, started with the settings llama.vscode's README recommends for CPU."""
+    """A llama-server process on loopback, started as llama.vscode's README has its users start it on a CPU
+    (`-ub 1024 -b 1024 --cache-reuse 256`), everything else at llama-server's own defaults: threads (all
+    physical cores, to decode and to evaluate prompts), flash attention, slots. Only the context size is
+    tandem's, so that the memory rows compare like with like (it does not change the speed)."""
 
     def __init__(self, binary: Path, model: str, settings: Any, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
         args = [str(binary), "-m", model, "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["-c", str(settings.context_size), "-np", "1", "-fa", "on", "-ub", "1024", "-b", "1024"]
-        args += [
-            "--cache-reuse",
-            "256",
-            "--no-webui",
-            "-ngl",
-            str(999 if settings.n_gpu_layers is None or settings.n_gpu_layers < 0 else settings.n_gpu_layers),
-        ]
-        # The threads tandem's llama-cpp-python uses (half the CPUs to generate, all to evaluate prompts):
-        # the comparison is between the two ways of asking the model, not between thread settings.
-        cpus = os.cpu_count() or 1
-        args += ["-t", str(settings.threads or max(1, cpus // 2)), "-tb", str(settings.threads or cpus)]
+        args += ["-c", str(settings.context_size), "-ub", "1024", "-b", "1024", "--cache-reuse", "256", "--no-webui"]
+        layers = settings.n_gpu_layers
+        args += ["-ngl", str(999 if layers is None or layers < 0 else layers)]
         self._log = log.open("ab")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def threads(self) -> str:
+        """The threads llama-server chose, as its log says (`llama threadpool init, n_threads = 2`)."""
+        found = re.findall(r"threadpool init, n_threads = (\d+)", self.log.read_text("utf-8", "replace"))
+        if not found:
+            return "threads: see its log"
+        return f"-t {found[0]} (its default: the physical cores; -tb the same), -ub 1024 -b 1024 --cache-reuse 256"
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Block until the model is loaded."""

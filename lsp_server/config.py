@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 Multiline = Literal["auto", "always", "never"]
 EndpointKind = Literal["auto", "llama-server", "openai"]
+DecodeAhead = Literal["auto", "off"]
 Route = Literal["local", "cloud", "auto"]
 ROUTED_TASKS = ("explain", "debug", "refactor")
 """The tasks `routes` sends to the local model or the cloud; completions always run locally."""
@@ -34,9 +35,12 @@ class Settings:
     flash_attention: bool = True
     """Use flash attention where the build supports it."""
     threads: int | None = None
-    """CPU threads for the local model; None lets llama.cpp choose."""
+    """CPU threads for the local model; None: the fastest count measured at load (all physical cores or fewer)."""
     debounce_ms: int | None = None
     """Fixed debounce before a completion starts; None adapts to typing speed."""
+    decode_ahead: DecodeAhead = "auto"
+    """While the debounce runs: evaluate the prompt and decode its first line ahead, less when what is decoded
+    ahead is rarely used (auto); or leave the model idle until the debounce is over (off: for a battery)."""
     multiline: Multiline = "auto"
     """Multi-line ghost text: at block starts (auto), always, or never."""
     max_tokens: int = 96
@@ -164,6 +168,12 @@ def _multiline(value: Any) -> Multiline:
     return value  # type: ignore[no-any-return]
 
 
+def _decode_ahead(value: Any) -> DecodeAhead:
+    if value not in ("auto", "off"):
+        raise ValueError('expected "auto" or "off"')
+    return value  # type: ignore[no-any-return]
+
+
 def _optional_str(value: Any) -> str | None:
     if value == "":
         return None
@@ -248,6 +258,7 @@ _WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "local.threads": ("threads", _at_most(max_threads, "twice this machine's CPU cores")),
     "completion.debounceMs": ("debounce_ms", _debounce),
     "completion.multiline": ("multiline", _multiline),
+    "completion.decodeAhead": ("decode_ahead", _decode_ahead),
     "completion.maxTokens": ("max_tokens", _at_most(lambda: MAX_COMPLETION_TOKENS, "a suggestion needs")),
     "completion.promptTokens": ("prompt_tokens", _at_most(lambda: MAX_CONTEXT, "the longest context")),
     "completion.enabled": ("enabled", _bool),

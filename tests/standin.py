@@ -38,7 +38,9 @@ class ScriptedBackend:
     def status(self) -> dict[str, object]:
         return {"state": "closed" if self.closed else "ready", "name": self.model}
 
-    def prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
+    def prefill(
+        self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None] = lambda text: None
+    ) -> None:
         """Nothing ahead: the reply is known."""
 
     async def aclose(self) -> None:

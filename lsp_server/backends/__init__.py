@@ -92,6 +92,8 @@ class Ahead:
     drafted: int = 0
     """Tokens drafted by prompt lookup and checked, kept or not."""
     drafts_kept: int = 0
+    finished: bool = False
+    """Whether what was decoded ahead ended by itself (a stop string, the end of generation), not cut off."""
 
 
 class BackendError(Exception):
@@ -132,8 +134,11 @@ class Backend(Protocol):
         """Yield text chunks until done, a stop string, or `cancel` is set; fill `report`."""
         ...
 
-    def prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
-        """Evaluate `prompt` ahead of its generation when idle; `done` hears what was done, on the caller's loop.
+    def prefill(
+        self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None] = lambda text: None
+    ) -> None:
+        """Evaluate `prompt` ahead of its generation when idle and decode ahead; `emit` hears the text decoded
+        ahead as it comes and `done` what was done, both on the caller's loop.
 
         Only a backend whose KV cache is its own does anything here.
         """

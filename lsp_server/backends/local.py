@@ -16,6 +16,8 @@ from pathlib import Path
 from lsp_server.backends import Ahead, BackendError, ChatPrompt, Generation, Prompt, TextPrompt, Usage
 from lsp_server.backends.chat_template import ChatTemplate, chat_template_of, render_chat
 from lsp_server.backends.decoding import Decoder
+from lsp_server.backends.threads import fastest as fastest_threads
+from lsp_server.backends.threads import physical_cores
 from lsp_server.completion.prompt import FimTemplate, marker_problems, template_from_gguf
 from lsp_server.config import Settings
 from lsp_server.models import fit
@@ -40,6 +42,8 @@ class ModelInfo:
     load_s: float
     chat: ChatTemplate | None = None
     """The model's chat template; None: chat is rendered as plain turns."""
+    threads: int = 1
+    """CPU threads to decode and to evaluate prompts (`local.threads`, else the fastest measured at load)."""
 
 
 def embedded_model_path(cache_dir: Path) -> Path:
@@ -116,6 +120,7 @@ class LocalBackend:
             "contextSize": info.context_size,
             "gpuOffload": info.gpu_offload,
             "loadSeconds": round(info.load_s, 2),
+            "threads": info.threads,
             "file": Path(info.path).name,
         }
 
@@ -187,9 +192,12 @@ class LocalBackend:
                     n_gpu_layers=n_gpu_layers,
                     flash_attn=s.flash_attention,
                     n_threads=s.threads,
+                    n_threads_batch=s.threads,
                     n_batch=512,
                     verbose=False,
                 )
+                threads = s.threads or fastest_threads(llm, physical_cores())
+                llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
         except BackendError as exc:
             log.error("local model not loaded: %s", exc)
             settle(None, exc)
@@ -217,16 +225,18 @@ class LocalBackend:
             gpu_offload=gpu and n_gpu_layers != 0,
             load_s=time.perf_counter() - started,
             chat=chat_template_of(llm.metadata, token_text, Path(path).name),
+            threads=threads,
         )
         self.model = name
         log.info(
-            "loaded %s from %s in %.2f s (context %d, %s, %s)",
+            "loaded %s from %s in %.2f s (context %d, %s, %s, %d threads)",
             name,
             path,
             info.load_s,
             info.context_size,
             "GPU offload" if info.gpu_offload else "CPU",
             f"FIM {template.family}" if template else "prefix-only (no FIM tokens)",
+            threads,
         )
         self._decoder = Decoder(llm)  # indexes the vocabulary before "ready": the first completion must not wait
         settle(info, None)
@@ -263,25 +273,26 @@ class LocalBackend:
         )
         report.total_s = time.perf_counter() - started
 
-    def _prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
+    def _prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None]) -> None:
         """Evaluate the prompt, then decode its first line ahead of the generation that may follow, until other
         work arrives."""
         if not self._jobs.empty():  # a generation, or a newer prompt, is waiting: it matters more
             return
         assert self._decoder is not None
         # Ahead of a request, only its first line: that is what the user waits for.
-        ahead = self._decoder.run(
-            prompt, lambda _: None, lambda text: "\n" in text.lstrip("\n") or not self._jobs.empty()
-        )
+        ahead = self._decoder.run(prompt, emit, lambda text: "\n" in text.lstrip("\n") or not self._jobs.empty())
         if ahead.error is not None:  # the generation will report its own
             log.error("prompt evaluation ahead of a generation failed", exc_info=ahead.error)
             return
         if ahead.evaluated or ahead.decoded:
-            done(Ahead(ahead.evaluated, ahead.decoded, ahead.drafted, ahead.drafts_kept))
+            finished = not ahead.interrupted and len(ahead.logprobs) < prompt.max_tokens
+            done(Ahead(ahead.evaluated, ahead.decoded, ahead.drafted, ahead.drafts_kept, finished))
 
     # --- event loop side -------------------------------------------------
 
-    def prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
+    def prefill(
+        self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None] = lambda text: None
+    ) -> None:
         """Evaluate a prompt while the engine waits out its debounce, when the worker has nothing else to do,
         then decode its first line ahead until other work arrives: the generation that may follow starts on a
         warm KV cache with its first tokens chosen. `done` hears what was done, on the caller's loop."""
@@ -292,7 +303,10 @@ class LocalBackend:
         def report(ahead: Ahead) -> None:
             loop.call_soon_threadsafe(done, ahead)
 
-        self._jobs.put(lambda: self._prefill(prompt, report))
+        def piece(text: str) -> None:
+            loop.call_soon_threadsafe(emit, text)
+
+        self._jobs.put(lambda: self._prefill(prompt, report, piece))
 
     async def stream(self, prompt: Prompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
         """Yield text as the worker generates it (chat rendered with the model's template); closing the stream

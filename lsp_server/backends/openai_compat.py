@@ -94,7 +94,9 @@ class OpenAICompatBackend:
         state = "error" if not self.healthy else "ready" if self.model else "loading"
         return {"state": state, "endpoint": self.base_url, "name": self.model, "error": self.last_error}
 
-    def prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None]) -> None:
+    def prefill(
+        self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None] = lambda text: None
+    ) -> None:
         """Nothing: a server's KV cache is shared, and evaluating ahead would cost a request."""
 
     def stream(self, prompt: Prompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:

@@ -16,7 +16,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePath
 
 from lsp_server.backends import Ahead, Backend, Generation, TextPrompt
-from lsp_server.completion.postprocess import ends_in_loop, is_block_start, postprocess, repeats_nearby
+from lsp_server.completion.postprocess import (
+    ends_in_loop,
+    is_block_start,
+    may_repeat_nearby,
+    postprocess,
+    repeats_nearby,
+)
 from lsp_server.completion.prompt import build_prompt
 from lsp_server.config import Settings
 from lsp_server.ledger import Entry
@@ -32,6 +38,11 @@ _MAX_LINES = 12
 # better than a wrong one. On `tandem eval` every threshold above -1.75 dropped some partly right
 # suggestions (mostly prose in comments and docstrings), so this stays just below.
 _MIN_MEAN_LOGPROB = -2.0
+# The first line is shown while it is written, a whole word at a time: a word the model is still writing may
+# grow (`get_fo` → `get_format`), and its half would be noise to read; what ends in a non-word character is
+# final, as greedy tokens are never taken back.
+_WORD_TAIL = re.compile(r"\w+$")
+_WORD_END = re.compile(r"\W")
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,7 @@ class Counters:
 class AdaptiveDebounce:
     """How long to wait before a request may start the model, from the user's typing rhythm.
 
-    While typing, the wait stretches just past the user's usual gap between keys (their 90th
+    While typing, the wait stretches half again past the user's usual gap between keys (their 90th
     percentile), so a generation starts only once the typing stops; a slow typist waits longer,
     a fast one less. The first key after a pause waits as long: it is usually followed by more,
     and a generation started for it costs the one that matters its CPU (measured in the benchmark).
@@ -116,7 +127,10 @@ class AdaptiveDebounce:
     """A longer gap between requests ends a burst of typing."""
     START_S = 0.12
     MIN_S = 0.04
-    MAX_S = 0.3
+    MAX_S = 0.6
+    """A generation started on a gap in the typing is stopped by the next key: past the usual gap with room to
+    spare, so that a pause starts about one; the wait costs nothing, as the first line's words, decoded ahead
+    meanwhile, are shown as they come."""
 
     def __init__(self) -> None:
         self._last: float | None = None
@@ -128,7 +142,7 @@ class AdaptiveDebounce:
         self._last = now
         if gap is not None and gap < self.PAUSE_S:
             self._gaps.append(gap)
-        wait = 1.2 * self._usual_gap() if self._gaps else self.START_S
+        wait = 1.5 * self._usual_gap() if self._gaps else self.START_S
         return min(self.MAX_S, max(self.MIN_S, wait))
 
     def _usual_gap(self) -> float:
@@ -146,6 +160,61 @@ class _Shown:
     request_id: str
     prefetched: bool = False
     """Made by a prefetch and not yet served."""
+
+
+class AheadBudget:
+    """Tokens to decode ahead of a request while its debounce runs (`completion.decodeAhead: auto`).
+
+    The first line, while what is decoded ahead gets used: a pause's generation serves those tokens instead of
+    decoding them. When the user keeps typing something else they are wasted CPU, so once fewer than one in
+    `USED` of the recent tokens decoded ahead were served, only the prompt is evaluated (its last token's
+    logits give the first token for free; the KV cache keeps the prompt, which the generation always uses),
+    decoding ahead again one request in `PROBE` to notice when it would pay again.
+    """
+
+    USED = 4
+    PROBE = 8
+    WINDOW = 256
+    """Tokens decoded ahead that the usage is judged on (older ones count less and less)."""
+
+    def __init__(self) -> None:
+        self._decoded = 0.0
+        self._used = 0.0
+        self._asked = 0
+
+    def tokens(self, line: int) -> int:
+        """Tokens for the next request's decoding ahead, given those its first line may take."""
+        self._asked += 1
+        useful = self._decoded < self.WINDOW / 4 or self._used * self.USED >= self._decoded
+        return line if useful or self._asked % self.PROBE == 0 else 1
+
+    def decoded(self, tokens: int) -> None:
+        """Tokens were decoded ahead."""
+        self._decoded += tokens
+        if self._decoded > self.WINDOW:
+            scale = self.WINDOW / self._decoded
+            self._decoded, self._used = self.WINDOW, self._used * scale
+
+    def used(self, tokens: int) -> None:
+        """A generation served tokens decoded ahead."""
+        self._used = min(self._decoded, self._used + tokens)
+
+
+@dataclass
+class _Growing:
+    """The ghost text one generation has shown so far: an update only ever extends it."""
+
+    notify: Callable[[str], None]
+    text: str = ""
+
+    def show(self, text: str) -> None:
+        if len(text) > len(self.text) and text.startswith(self.text):
+            self.text = text
+            self.notify(text)
+
+    def settle(self, answer: str) -> str:
+        """The answer, unless it would take back some of what was shown: then what was shown."""
+        return answer if answer.startswith(self.text) else self.text
 
 
 @dataclass
@@ -230,6 +299,7 @@ class Engine:
         """Request to answer, in ms, of suggestions the model wrote for the request."""
         self._hit_latencies: deque[float] = deque(maxlen=2000)
         """The same for suggestions served from what was shown before (typed ahead)."""
+        self._ahead = AheadBudget()
 
     def reconfigure(self, settings: Settings, backend: Backend | None = None) -> None:
         """Serve the next requests with `settings`, and with `backend` when given: running generations then stop
@@ -329,10 +399,30 @@ class Engine:
             prompt.text, self._settings.max_tokens, () if ctx.multiline else ("\n",), infill=prompt.infill
         )
         delay = 0.0 if req.invoked else self._debounce(slot)
-        if delay > 0:
-            # The model is idle while the debounce runs: evaluate the prompt and decode ahead, so that
-            # after the pause the first line is partly or wholly there.
-            backend.prefill(text_prompt, self._count_prefill)
+        shown = _Growing(on_partial)
+        if delay > 0 and self._settings.decode_ahead == "auto":
+            # The model is idle while the debounce runs: evaluate the prompt and decode the first line ahead,
+            # showing its words as they come (greedy tokens: the generation after the pause serves the same
+            # ones), so that when typing stops the line is partly or wholly there and the wait costs nothing.
+            ahead = replace(text_prompt, max_tokens=self._ahead.tokens(text_prompt.max_tokens))
+            decoded: list[str] = []
+
+            def decoded_ahead(piece: str) -> None:
+                decoded.append(piece)
+                raw = "".join(decoded)
+                if ticket != slot.seq:
+                    return
+                if "\n" in raw:  # the first line of a block, finished
+                    shown.show(_clean(raw[: raw.rindex("\n")], ctx))
+                elif _WORD_END.search(piece):
+                    shown.show(_first_words(raw, ctx))
+
+            def done_ahead(done: Ahead) -> None:
+                self._count_prefill(done)
+                if done.finished and ticket == slot.seq and not ctx.multiline:  # the whole line, at its stop
+                    shown.show(_clean("".join(decoded), ctx))
+
+            backend.prefill(ahead, done_ahead, decoded_ahead)
         waited = time.perf_counter()
         await asyncio.sleep(delay)
         timing.debounce = (time.perf_counter() - waited) * 1000
@@ -340,9 +430,7 @@ class Engine:
             self.counters.supersededRequests += 1
             return None
         request_id = uuid.uuid4().hex
-        text = await self._generate(
-            backend, text_prompt, ctx, slot, ticket, req.workspace, request_id, on_partial, timing
-        )
+        text = await self._generate(backend, text_prompt, ctx, slot, ticket, req.workspace, request_id, shown, timing)
         if not text:
             return None
         slot.shown = _Shown(req.text[: req.cursor], req.text[req.cursor :], text, request_id, prefetch)
@@ -376,6 +464,7 @@ class Engine:
         self.counters.promptTokensEvaluated += ahead.evaluated
         self.counters.generatedTokens += ahead.decoded
         self.counters.aheadTokens += ahead.decoded
+        self._ahead.decoded(ahead.decoded)
         self._count_drafts(ahead.drafted, ahead.drafts_kept)
 
     def _count_drafts(self, drafted: int, kept: int) -> None:
@@ -395,20 +484,22 @@ class Engine:
         ticket: int,
         workspace: str,
         request_id: str,
-        on_partial: Callable[[str], None],
+        shown: _Growing,
         timing: Timing,
     ) -> str | None:
-        """One generation, streamed then finished; the cleaned text, or None when it was cancelled."""
+        """One generation, streamed then finished (never taking back what was `shown`); the cleaned text, or None
+        when it was cancelled."""
         cancel = threading.Event()
         slot.cancel = cancel
         report = Generation()
         text = ""
         outcome = "error"
         try:
-            raw = await self._stream(backend, prompt, ctx, cancel, report, lambda: ticket != slot.seq, on_partial)
+            raw = await self._stream(backend, prompt, ctx, cancel, report, lambda: ticket != slot.seq, shown)
             text = _clean(raw, ctx)
             if report.mean_logprob is not None and report.mean_logprob < _MIN_MEAN_LOGPROB:
                 text = ""
+            text = shown.settle(text)
             outcome = "ok" if text else "empty"
         except asyncio.CancelledError:  # $/cancelRequest
             outcome = "cancelled"
@@ -428,9 +519,10 @@ class Engine:
         cancel: threading.Event,
         report: Generation,
         superseded: Callable[[], bool],
-        on_partial: Callable[[str], None],
+        shown: _Growing,
     ) -> str:
-        """Stream the raw reply, stopping as soon as what will be shown is complete."""
+        """Stream the raw reply, showing its first line word by word and then each finished line, and stopping as
+        soon as what will be shown is complete."""
         raw = ""
         stream = backend.stream(prompt, cancel, report)
         async with contextlib.aclosing(stream):
@@ -438,8 +530,11 @@ class Engine:
                 raw += chunk
                 if superseded() or ends_in_loop(raw):
                     break
-                if "\n" in chunk and self._enough(raw, ctx, on_partial):
-                    break
+                if "\n" in chunk:
+                    if self._enough(raw, ctx, shown):
+                        break
+                elif "\n" not in raw and _WORD_END.search(chunk):
+                    shown.show(_first_words(raw, ctx))
         if ctx.multiline and report.usage.completion_tokens >= prompt.max_tokens and "\n" in raw:
             raw = raw[: raw.rindex("\n")]  # out of tokens mid-line: show only whole lines
         return raw
@@ -456,18 +551,18 @@ class Engine:
         self.counters.promptTokensEvaluated += report.usage.prompt_tokens - report.usage.cached_tokens
         self.counters.generatedTokens += report.usage.completion_tokens - report.ahead_tokens
         self.counters.aheadTokensUsed += report.ahead_tokens
+        self._ahead.used(report.ahead_tokens)
         self._count_drafts(report.drafted, report.drafts_kept)
         self._record(Entry.of("completion", backend.name, backend.model, report, outcome, workspace, request_id))
 
-    def _enough(self, raw: str, ctx: Context, on_partial: Callable[[str], None]) -> bool:
+    def _enough(self, raw: str, ctx: Context, shown: _Growing) -> bool:
         """Show each finished line at once; True when the block (or the single line) is done."""
         finished = raw[: raw.rindex("\n")]
-        shown = _clean(finished, ctx)
-        if shown:
-            on_partial(shown)
+        lines = _clean(finished, ctx)
+        shown.show(lines)
         if not ctx.multiline:
             return True
-        return shown.count("\n") < finished.count("\n") or finished.count("\n") >= _MAX_LINES
+        return lines.count("\n") < finished.count("\n") or finished.count("\n") >= _MAX_LINES
 
     def _answer(self, suggestion: Suggestion, req: Request, started: float) -> Suggestion:
         # A typed-ahead hit answers in about no time, without the model: a number apart, not a flattering median.
@@ -499,6 +594,15 @@ def _clean(raw: str, ctx: Context) -> str:
         multiline=ctx.multiline,
     )
     return "" if repeats_nearby(text, ctx.line_prefix, ctx.preceding, ctx.following) else text
+
+
+def _first_words(raw: str, ctx: Context) -> str:
+    """What of an unfinished first line can be shown: its whole words, cleaned; nothing while the line may turn
+    out to copy the line above or below (finished, it would be dropped)."""
+    words = _WORD_TAIL.sub("", raw)
+    if may_repeat_nearby(words, ctx.line_prefix, ctx.preceding, ctx.following):
+        return ""
+    return _clean(words, ctx)
 
 
 def _line_suffix(text: str, cursor: int) -> str:

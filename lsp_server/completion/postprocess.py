@@ -179,11 +179,20 @@ def repeats_nearby(completion: str, line_prefix: str, preceding: str, following:
     do lines a few lines away (boilerplate classes repeat `self._x = x` three lines apart: measured).
     """
     landed = (line_prefix + first_line(completion)).strip()
-    if len(landed) < 8:
-        return False
+    return len(landed) >= 8 and landed in _nearby(preceding, following, lines)
+
+
+def may_repeat_nearby(completion: str, line_prefix: str, preceding: str, following: str) -> bool:
+    """True when the line written so far is the start of the non-blank line above or below: once finished it may
+    be a copy that `repeats_nearby` drops, so none of it should be shown yet."""
+    landed = (line_prefix + first_line(completion)).strip()
+    return any(line.startswith(landed) for line in _nearby(preceding, following, 1))
+
+
+def _nearby(preceding: str, following: str, lines: int) -> list[str]:
     above = [line.strip() for line in preceding.split("\n") if line.strip()][-lines:]
     below = [line.strip() for line in following.split("\n", 2 * lines) if line.strip()][:lines]
-    return landed in above or landed in below
+    return above + below
 
 
 def postprocess(completion: str, *, line_prefix: str, line_suffix: str, following: str, multiline: bool) -> str:

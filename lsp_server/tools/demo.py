@@ -58,7 +58,7 @@ class _Typist:
         self.full: list[float] = []
         self._streamed = False
 
-    def _on_ghost_text(self, text: str) -> None:
+    def _on_ghost_text(self, text: str, version: int) -> None:
         if not self._streamed:
             self.first_ghost.append(now_ms() - self.paused_at)
             self._streamed = True

@@ -33,12 +33,12 @@ def _position(text: str) -> types.Position:
 class Session:
     """Types at the end of one document the way an editor reports it: didChange, then a request."""
 
-    def __init__(self, uri: str, on_ghost_text: Callable[[str], None] = lambda text: None) -> None:
+    def __init__(self, uri: str, on_ghost_text: Callable[[str, int], None] = lambda text, version: None) -> None:
         self.uri = uri
         self.text = ""
         self.version = 0
         self.client = LanguageClient("tandem-session", "1")
-        self.client.feature("tandem/ghostText")(lambda params: on_ghost_text(params.text))
+        self.client.feature("tandem/ghostText")(lambda params: on_ghost_text(params.text, params.version))
         self.messages: list[str] = []
         self.client.feature(types.WINDOW_SHOW_MESSAGE)(lambda params: self.messages.append(params.message))
         self._drain: asyncio.Task[None] | None = None
@@ -68,8 +68,9 @@ class Session:
         model: dict[str, Any] = status["model"]
         return model
 
-    def open(self, text: str, language_id: str = "python") -> None:
-        """Open the document with `text`."""
+    def open(self, text: str, language_id: str = "python", uri: str | None = None) -> None:
+        """Open the document with `text` (another document when `uri` is given: typing goes on there)."""
+        self.uri = uri or self.uri
         self.text = text
         self.version = 1
         self.client.text_document_did_open(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 from lsp_server.backends import Ahead, Generation, TextPrompt
 from lsp_server.backends.local import LocalBackend, embedded_model_path
 from lsp_server.config import Settings, cache_dir
-from tests.conftest import Client
+from tests.conftest import Client, serving
 from tests.e2e.test_completion import SOURCE, complete, end_position, open_doc, status
 
 
@@ -139,3 +140,31 @@ async def test_status_counts_tokens_drafted_and_kept(client: Client, editor: str
     counters = (await status(client))["counters"]
     assert 0 < counters["draftedTokensKept"] <= counters["draftedTokens"]
     assert counters["draftedTokensKept"] < counters["generatedTokens"]  # kept drafts are generated tokens
+
+
+async def test_first_line_is_shown_word_by_word_and_only_ever_extended(client: Client, editor: str) -> None:
+    """A single line streams before it is finished, a whole word at a time: each notification of the request is
+    the start of the next one and of the answer, so nothing shown is ever taken back."""
+    text = SOURCE + "counts = {}\n    for word in text.split():\n        counts[word] = "
+    open_doc(client, text)
+    items = await complete(client, end_position(text, editor))
+    assert items
+    final = items[0].insert_text
+    assert isinstance(final, str) and "\n" not in final, final
+    shown = [params["text"] for params in client.ghost_text]
+    assert shown, f"nothing streamed before the answer {final!r}"
+    assert len(shown[0]) < len(final), (shown, final)  # shown before the line was finished
+    for text_so_far, later in zip(shown, [*shown[1:], final], strict=True):
+        assert later.startswith(text_so_far), (text_so_far, later)
+
+
+async def test_decode_ahead_off_leaves_the_model_idle_during_the_debounce(tmp_path: Path, editor: str) -> None:
+    options = {"completion": {"decodeAhead": "off", "debounceMs": 3000}}  # a long wait, with nothing done in it
+    async with serving(tmp_path, editor, options) as client:
+        text = SOURCE + "counts = {}\n    for word in text.split():\n        counts[word] = "
+        open_doc(client, text)
+        items = await complete(client, end_position(text, editor), invoked=False)  # typed: debounced
+        assert items
+        counters = (await status(client))["counters"]
+        assert counters["aheadTokens"] == 0 and counters["generations"] == 1
+        assert counters["aheadTokensUsed"] == 0 and counters["generatedTokens"] > 0

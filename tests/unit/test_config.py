@@ -42,7 +42,7 @@ def test_every_vscode_server_setting_is_a_key_the_server_knows() -> None:
     assert client_only == {"server.command", "refactor.showDiff", "trace.server"}
     flat = config.flatten(section)
     assert set(flat) == set(config._WIRE)
-    assert len(flat) == 25
+    assert len(flat) == 26
 
 
 def test_vscode_defaults_resolve_to_the_server_defaults() -> None:
@@ -64,6 +64,7 @@ ALL = {
     "completion.enabled": False,
     "completion.debounceMs": 100,
     "completion.multiline": "never",
+    "completion.decodeAhead": "off",
     "completion.maxTokens": 64,
     "completion.promptTokens": 1024,
     "completion.recentChunks": 0,
@@ -91,6 +92,7 @@ ALL_SETTINGS = Settings(
     enabled=False,
     debounce_ms=100,
     multiline="never",
+    decode_ahead="off",
     max_tokens=64,
     prompt_tokens=1024,
     recent_chunks=0,
@@ -197,6 +199,7 @@ def test_payloads(options: dict[str, Any], changed: dict[str, Any]) -> None:
             "completion.multiline", "sometimes", 'expected "auto", "always" or "never"', id="multiline-unknown"
         ),
         pytest.param("completion.multiline", ["auto"], 'expected "auto", "always" or "never"', id="multiline-list"),
+        pytest.param("completion.decodeAhead", "on", 'expected "auto" or "off"', id="decode-ahead-unknown"),
         pytest.param("completion.maxTokens", 0, "expected a positive integer", id="max-tokens-zero"),
         pytest.param("completion.promptTokens", "1536", "expected a positive integer", id="prompt-tokens-string"),
         pytest.param("cloud.model", "", "expected a model name", id="model-empty"),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
-from lsp_server.completion.engine import AdaptiveDebounce, Engine, Request, Selected
+from lsp_server.completion.engine import AdaptiveDebounce, AheadBudget, Engine, Request, Selected
 from lsp_server.config import Settings
 from tests.conftest import until
 from tests.standin import ScriptedBackend
@@ -22,11 +23,11 @@ def engine(reply: str, **settings: object) -> tuple[Engine, ScriptedBackend]:
     [
         pytest.param([], 0.12, id="first-request"),
         pytest.param([2.0], 0.12, id="a-pause-is-not-a-typing-gap"),
-        pytest.param([0.1, 0.1, 0.1], 0.12, id="steady-typing-waits-past-the-usual-gap"),
-        pytest.param([0.05, 0.15, 0.08, 0.12, 0.1], 0.18, id="irregular-typing-waits-past-the-slow-gaps"),
-        pytest.param([0.1, 0.1, 0.1, 3.0], 0.12, id="after-a-pause-the-rhythm-is-remembered"),
+        pytest.param([0.1, 0.1, 0.1], 0.15, id="steady-typing-waits-past-the-usual-gap"),
+        pytest.param([0.05, 0.15, 0.08, 0.12, 0.1], 0.225, id="irregular-typing-waits-past-the-slow-gaps"),
+        pytest.param([0.1, 0.1, 0.1, 3.0], 0.15, id="after-a-pause-the-rhythm-is-remembered"),
         pytest.param([0.02, 0.02, 0.02], 0.04, id="very-fast-typing-has-a-floor"),
-        pytest.param([0.6, 0.6, 0.6], 0.3, id="slow-typing-has-a-ceiling"),
+        pytest.param([0.8, 0.8, 0.8], 0.6, id="slow-typing-has-a-ceiling"),
     ],
 )
 def test_adaptive_debounce(gaps: list[float], expected: float) -> None:
@@ -134,3 +135,50 @@ async def test_no_prefetch_when_the_same_request_already_runs() -> None:
     await eng.prefetch(req)
     assert await running is not None
     assert (eng.counters.prefetched, len(backend.prompts)) == (0, 1)
+
+
+async def test_first_line_streams_word_by_word_each_update_extending_the_last() -> None:
+    eng, _ = engine("total = sum(values) + offset")
+    text = "def f(values, offset):\n    x = 1\n    "
+    shown: list[str] = []
+    suggestion = await eng.complete(Request("u", text, len(text), invoked=True), shown.append)
+    assert suggestion is not None and suggestion.text == "total = sum(values) + offset"
+    assert shown[:3] == ["total", "total =", "total = sum(values)"]  # whole words only, before the line ends
+    for earlier, later in itertools.pairwise(shown):
+        assert later.startswith(earlier) and later != earlier
+    assert suggestion.text.startswith(shown[-1])
+
+
+async def test_a_line_that_may_copy_the_next_one_is_not_shown_before_it_ends() -> None:
+    eng, _ = engine("return sorted(values)")  # the line below, which post-processing drops once it is finished
+    text = "def f(values):\n    "
+    shown: list[str] = []
+    suggestion = await eng.complete(
+        Request("u", text + "\n    return sorted(values)\n", len(text), invoked=True), shown.append
+    )
+    assert (suggestion, shown) == (None, [])
+
+
+def test_what_was_shown_is_never_taken_back() -> None:
+    from lsp_server.completion.engine import _Growing
+
+    notified: list[str] = []
+    growing = _Growing(notified.append)
+    for text in ("total", "total =", "tot", "other", "total = 1"):
+        growing.show(text)
+    assert notified == ["total", "total =", "total = 1"]
+    assert growing.settle("total = 1 + x") == "total = 1 + x"
+    assert growing.settle("") == "total = 1"  # a final answer dropped by post-processing keeps what was shown
+
+
+def test_decoding_ahead_backs_off_when_its_tokens_go_unused() -> None:
+    budget = AheadBudget()
+    assert budget.tokens(96) == 96
+    for _ in range(20):  # the user keeps typing something else: nothing decoded ahead is served
+        budget.decoded(12)
+    asked = [budget.tokens(96) for _ in range(16)]
+    assert asked.count(1) == 14 and asked.count(96) == 2  # the prompt only, but a probe now and then
+    for _ in range(20):  # the user pauses where the model's line is what they wanted
+        budget.decoded(12)
+        budget.used(12)
+    assert budget.tokens(96) == 96

@@ -35,6 +35,7 @@ const SERVER_DEFAULTS: Record<string, unknown> = {
   "local.energyUsdPerHour": null,
   "completion.debounceMs": "auto",
   "completion.multiline": "auto",
+  "completion.decodeAhead": "auto",
   "completion.maxTokens": 96,
   "completion.promptTokens": 1536,
   "completion.enabled": true,
