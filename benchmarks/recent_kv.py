@@ -20,6 +20,7 @@ from pathlib import Path
 # Run as a script from a checkout, the package is beside this folder rather than installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lsp_server.backends.decoding import common_prefix
 from lsp_server.completion.prompt import FAMILIES, FimTemplate, build_prompt
 from lsp_server.recent import RecentChunks, display_path
 
@@ -39,15 +40,6 @@ def _tokenizer(vocab: str) -> object:
     import llama_cpp
 
     return llama_cpp.Llama(model_path=str(VOCAB / vocab), vocab_only=True, verbose=False)
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def replay(template: FimTemplate | None, tokenize: object, most: int) -> tuple[list[int], int]:
@@ -75,7 +67,7 @@ def replay(template: FimTemplate | None, tokenize: object, most: int) -> tuple[l
             recent = [(display_path(c.uri, "/ws"), c) for c in chunks]
             prompt = build_prompt(now, at, template, 1536, recent=recent, path="textwrap.py", repo_name="ws")
             tokens = tokenize.tokenize(prompt.text.encode(), add_bos=False, special=True)  # type: ignore[attr-defined]
-            costs.append(len(tokens) - _common(previous, tokens))
+            costs.append(len(tokens) - common_prefix(previous, tokens))
             previous = tokens
         text = text[:cursor] + typed + "\n" + text[cursor:]
         cursor += len(typed) + 1

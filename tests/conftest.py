@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +129,27 @@ def proxy(module_proxy: FaultProxy) -> FaultProxy:
     """The upstream as tandem sees it: the proxy, passing requests through, nothing seen yet."""
     module_proxy.reset()
     return module_proxy
+
+
+Start = Callable[..., Awaitable[Client]]
+
+
+@pytest_asyncio.fixture
+async def start_on(tmp_path: Path) -> AsyncIterator[Start]:
+    """Start `tandem serve` on `local.endpoint` (more `local` settings, then completion settings as keywords),
+    with no cloud key; each server is stopped after the test."""
+    started: list[Client] = []
+
+    async def run(endpoint: str, local: dict[str, Any] | None = None, **completion: Any) -> Client:
+        options = {"local": {"endpoint": endpoint.removesuffix("/v1"), **(local or {})}, "completion": completion}
+        client = await start_client(tmp_path, "visual-studio-code", options, {"OPENAI_API_KEY": ""})
+        started.append(client)
+        return client
+
+    yield run
+    for client in started:
+        await client.shutdown_session()
+        await client.stop()
 
 
 async def command(client: Client, name: str, *arguments: Any) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def reuse(healing: Healing, cached: list[int], held: Held | None, logits_at: int
     `held` past the cache's last prompt and the cache length `logits_at` that the logits at hand belong to."""
     served = _served(healing, cached, held)
     sequence = served.prompt + served.tokens
-    keep = _common_prefix(cached, sequence)
+    keep = common_prefix(cached, sequence)
     if keep == len(sequence) == len(cached) and logits_at == keep:
         return Reuse(served, keep)
     return Reuse(served, min(keep, len(sequence) - 1))  # at least the last token, for its logits
@@ -284,7 +284,8 @@ def draft_by_lookup(sequence: Any) -> list[int]:
     return []
 
 
-def _common_prefix(a: Any, b: list[int]) -> int:
+def common_prefix(a: Any, b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:

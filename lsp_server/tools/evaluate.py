@@ -465,64 +465,44 @@ def _fmt(value: float | None, percent: bool = True) -> str:
     return f"{value * 100:.1f} %" if percent else f"{value:.0f}"
 
 
-def table(run: Run) -> str:
-    """The two sides side by side, as a Markdown table."""
-    s, r = run.server, run.raw
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "-"
 
-    def ratio(a: float | None, b: float | None) -> str:
-        return f"{a / b:.2f}x" if a is not None and b else "-"
 
+def _side_by_side(title: str, names: tuple[str, str, str], a: Metrics, b: Metrics, blocks: bool = False) -> str:
+    """Two runs' metrics side by side, as a Markdown table under `title`."""
     rows = [
-        ("exact first line", _fmt(s.exact), _fmt(r.exact), ratio(s.exact, r.exact)),
+        ("exact first line", _fmt(a.exact), _fmt(b.exact), _ratio(a.exact, b.exact)),
         (
             "edit similarity (first line)",
-            f"{s.similarity:.3f}",
-            f"{r.similarity:.3f}",
-            ratio(s.similarity, r.similarity),
+            f"{a.similarity:.3f}",
+            f"{b.similarity:.3f}",
+            _ratio(a.similarity, b.similarity),
         ),
-        ("block accuracy (block holes)", _fmt(s.block_accuracy), _fmt(r.block_accuracy), "-"),
-        ("repeats text after cursor", _fmt(s.repeats), _fmt(r.repeats), "-"),
-        ("empty suggestions", _fmt(s.empty), _fmt(r.empty), "-"),
-        ("latency p50 (ms)", _fmt(s.p50_ms, False), _fmt(r.p50_ms, False), "-"),
-        ("latency p95 (ms)", _fmt(s.p95_ms, False), _fmt(r.p95_ms, False), "-"),
     ]
-    out = [
-        f"{run.holes} holes, seed {run.seed}, from {', '.join(run.packages)}",
-        "",
-        "| metric | tandem server | raw model | server/raw |",
-        "|---|---|---|---|",
+    if blocks:
+        rows.append(("block accuracy (block holes)", _fmt(a.block_accuracy), _fmt(b.block_accuracy), "-"))
+    rows += [
+        ("repeats text after cursor", _fmt(a.repeats), _fmt(b.repeats), "-"),
+        ("empty suggestions", _fmt(a.empty), _fmt(b.empty), "-"),
+        ("latency p50 (ms)", _fmt(a.p50_ms, False), _fmt(b.p50_ms, False), "-"),
+        ("latency p95 (ms)", _fmt(a.p95_ms, False), _fmt(b.p95_ms, False), "-"),
     ]
-    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    out = [title, "", f"| metric | {names[0]} | {names[1]} | {names[2]} |", "|---|---|---|---|"]
+    out += [f"| {name} | {x} | {y} | {r} |" for name, x, y, r in rows]
     return "\n".join(out)
+
+
+def table(run: Run) -> str:
+    """The two sides side by side, as a Markdown table."""
+    title = f"{run.holes} holes, seed {run.seed}, from {', '.join(run.packages)}"
+    return _side_by_side(title, ("tandem server", "raw model", "server/raw"), run.server, run.raw, blocks=True)
 
 
 def edits_table(holes: int, seed: int, packages: list[str], on: Metrics, off: Metrics) -> str:
     """The edits scenario, the ring buffer on and off, as a Markdown table."""
-
-    def ratio(a: float | None, b: float | None) -> str:
-        return f"{a / b:.2f}x" if a is not None and b else "-"
-
-    rows = [
-        ("exact first line", _fmt(on.exact), _fmt(off.exact), ratio(on.exact, off.exact)),
-        (
-            "edit similarity (first line)",
-            f"{on.similarity:.3f}",
-            f"{off.similarity:.3f}",
-            ratio(on.similarity, off.similarity),
-        ),
-        ("repeats text after cursor", _fmt(on.repeats), _fmt(off.repeats), "-"),
-        ("empty suggestions", _fmt(on.empty), _fmt(off.empty), "-"),
-        ("latency p50 (ms)", _fmt(on.p50_ms, False), _fmt(off.p50_ms, False), "-"),
-        ("latency p95 (ms)", _fmt(on.p95_ms, False), _fmt(off.p95_ms, False), "-"),
-    ]
-    out = [
-        f"{holes} edit holes, seed {seed}, from {', '.join(packages)}",
-        "",
-        "| metric | recent edits on | off | on/off |",
-        "|---|---|---|---|",
-    ]
-    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(out)
+    title = f"{holes} edit holes, seed {seed}, from {', '.join(packages)}"
+    return _side_by_side(title, ("recent edits on", "off", "on/off"), on, off)
 
 
 def _run_edits(args: argparse.Namespace, packages: list[str], files: list[Path]) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from lsprotocol import types
 
 from lsp_server.backends.openai_compat import LINE_MAX_TOKENS
 from lsp_server.context import CHARS_PER_TOKEN
-from tests.conftest import REPO, Client, command, start_client, until
+from tests.conftest import REPO, Client, Start, command, until
 from tests.e2e.test_completion import inline_params, insert, ledger_rows
 from tests.loopback import Fault, FaultProxy, llama_server, network_address
 from tests.tiny_gguf import write_tiny_fim_model
@@ -24,24 +23,6 @@ LINE = "def add(a, b):\n    return "
 """Ends mid-line: a single-line suggestion."""
 BLOCK = "import os\n\n\ndef list_python_files(folder):\n"
 """Ends at a block start: a multi-line suggestion."""
-Start = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-async def start(tmp_path: Path) -> AsyncIterator[Start]:
-    """Start `tandem serve` with `local.endpoint` and further completion settings; stopped after the test."""
-    started: list[Client] = []
-
-    async def run(endpoint: str, **completion: Any) -> Client:
-        options = {"local": {"endpoint": endpoint.removesuffix("/v1")}, "completion": completion}
-        client = await start_client(tmp_path, "visual-studio-code", options, {"OPENAI_API_KEY": ""})
-        started.append(client)
-        return client
-
-    yield run
-    for client in started:
-        await client.shutdown_session()
-        await client.stop()
 
 
 def open_doc(client: Client, text: str, uri: str = URI) -> None:
@@ -68,10 +49,10 @@ async def recorded(client: Client, data_dir: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("usage", ["reported", "omitted"])
 async def test_a_completion_from_the_fleet_is_capped_and_recorded(
-    start: Start, proxy: FaultProxy, tmp_path: Path, usage: str
+    start_on: Start, proxy: FaultProxy, tmp_path: Path, usage: str
 ) -> None:
     proxy.reset(Fault("no_usage") if usage == "omitted" else Fault())
-    client = await start(proxy.url)
+    client = await start_on(proxy.url)
     open_doc(client, LINE)
     result = await ask(client, LINE)
 
@@ -96,8 +77,8 @@ async def test_a_completion_from_the_fleet_is_capped_and_recorded(
         assert row["completion_tokens"] > 0
 
 
-async def test_a_burst_of_typing_reaches_the_fleet_as_at_most_two_requests(start: Start, proxy: FaultProxy) -> None:
-    client = await start(proxy.url, debounceMs=600)  # far above the gaps, even on a loaded machine
+async def test_a_burst_of_typing_reaches_the_fleet_as_at_most_two_requests(start_on: Start, proxy: FaultProxy) -> None:
+    client = await start_on(proxy.url, debounceMs=600)  # far above the gaps, even on a loaded machine
     text = LINE
     open_doc(client, text)
     pending = []
@@ -117,10 +98,10 @@ async def test_a_burst_of_typing_reaches_the_fleet_as_at_most_two_requests(start
 
 
 async def test_a_superseded_completion_closes_its_stream_at_the_fleet(
-    start: Start, proxy: FaultProxy, tmp_path: Path
+    start_on: Start, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     proxy.reset(Fault("slow", times=1, delay_s=0.25))  # the first reply trickles: it is still running
-    client = await start(proxy.url, multiline="always", maxTokens=64, debounceMs=0)
+    client = await start_on(proxy.url, multiline="always", maxTokens=64, debounceMs=0)
     open_doc(client, BLOCK)
     first = ask(client, BLOCK, invoked=False)
     await until(lambda: proxy.state.seen and proxy.state.seen[0].events >= 2)
@@ -143,10 +124,10 @@ async def test_a_superseded_completion_closes_its_stream_at_the_fleet(
     assert rows[1]["outcome"] in ("ok", "empty")
 
 
-async def test_denied_files_never_reach_an_endpoint_on_another_machine(upstream: str, start: Start) -> None:
+async def test_denied_files_never_reach_an_endpoint_on_another_machine(upstream: str, start_on: Start) -> None:
     remote = FaultProxy(upstream, host=network_address())  # a real server, reached over the network
     try:
-        client = await start(remote.url)
+        client = await start_on(remote.url)
         secret_uri = (REPO / "secrets.py").as_uri()  # matches the default privacy.cloudDeny 'secrets.*'
         text = "DATABASE_PASSWORD = "
         open_doc(client, text, secret_uri)
@@ -166,12 +147,12 @@ async def test_denied_files_never_reach_an_endpoint_on_another_machine(upstream:
         remote.close()
 
 
-async def test_a_fim_model_on_the_fleet_gets_its_fim_prompt(start: Start, tmp_path: Path) -> None:
+async def test_a_fim_model_on_the_fleet_gets_its_fim_prompt(start_on: Start, tmp_path: Path) -> None:
     model = write_tiny_fim_model(tmp_path / "tiny-fim.gguf")  # StarCoder's markers, random weights
     with llama_server(model, alias="tiny-starcoder") as url:  # the name a team's server lists
         proxy = FaultProxy(url)
         try:
-            client = await start(proxy.url)
+            client = await start_on(proxy.url)
             text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
             open_doc(client, text)
             params = inline_params(types.Position(1, len("    return ")), invoked=True, uri=URI)

@@ -4,7 +4,7 @@ that shows the HTTP side."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from lsprotocol import types
 
 from lsp_server.backends.endpoint import KEY_HINT
 from lsp_server.backends.openai_compat import LINE_MAX_TOKENS
-from tests.conftest import Client, command, start_client, until
+from tests.conftest import Client, Start, command, until
 from tests.e2e.test_completion import inline_params, insert
 from tests.e2e.test_fleet import BLOCK, LINE, URI, ask, end_of, open_doc, recorded
 from tests.loopback import (
@@ -32,7 +32,6 @@ KEY = "team-key-ada"
 SERVER_ARGS = ["-c", "4096", "-np", "2", "-t", "2", "--api-key", KEY]
 # Building llama-server takes about 15 minutes on 2 cores: the first test waits for it when it is not built yet.
 pytestmark = [] if llama_server_built() else [pytest.mark.timeout(3600)]
-Start = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture(scope="session")
@@ -58,21 +57,13 @@ def server(gemma: FaultProxy) -> FaultProxy:
 
 
 @pytest.fixture
-async def start(tmp_path: Path) -> AsyncIterator[Start]:
-    """Start `tandem serve` on `local.endpoint` with more `local` settings (the right key by default)."""
-    started: list[Client] = []
+def start(start_on: Start) -> Start:
+    """`start_on`, with the right key unless `local` says otherwise."""
 
     async def run(endpoint: str, local: dict[str, Any] | None = None, **completion: Any) -> Client:
-        local = {"endpoint": endpoint.removesuffix("/v1"), "endpointApiKey": KEY, **(local or {})}
-        options = {"local": local, "completion": completion}
-        client = await start_client(tmp_path, "visual-studio-code", options, {"OPENAI_API_KEY": ""})
-        started.append(client)
-        return client
+        return await start_on(endpoint, {"endpointApiKey": KEY, **(local or {})}, **completion)
 
-    yield run
-    for client in started:
-        await client.shutdown_session()
-        await client.stop()
+    return run
 
 
 async def ready(client: Client) -> bool:
