@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/tandem demo
 
 test: $(STAMP) $(VOCAB)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 	cd editors/vscode && npm ci --no-audit --no-fund && npm test
 
 # The same suite with every core kept busy beside it: no test may depend on how fast the machine is.

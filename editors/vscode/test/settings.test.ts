@@ -39,6 +39,7 @@ const SERVER_DEFAULTS: Record<string, unknown> = {
   "completion.maxTokens": 96,
   "completion.promptTokens": 1536,
   "completion.enabled": true,
+  "completion.recentChunks": 8,
   "cloud.model": "gpt-4o",
   "cloud.baseUrl": "",
   "cloud.dailyBudgetUsd": null,
