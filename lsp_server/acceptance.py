@@ -17,7 +17,9 @@ RETAINED = ("retained_chars_30s", "retained_chars_5m")
 
 Change = tuple[int, int, str]
 """One edit of a document: it replaced offsets [start, end) by this text."""
-Record = Callable[[str, dict[str, str | int]], None]
+Columns = dict[str, str | int | float | None]
+"""Ledger columns of a completion and their values."""
+Record = Callable[[str, Columns], None]
 """Writes ledger columns of the request whose id is given."""
 
 
@@ -64,17 +66,19 @@ class Acceptance:
         item = self._items.get(request_id)
         return None if item is None else (item.uri, item.text)
 
-    def shown(self, request_id: str, uri: str, language: str, start: int, text: str) -> None:
-        """The editor got `text` to insert at offset `start` of `uri`: it replaces what else was shown there."""
+    def shown(self, request_id: str, uri: str, start: int, text: str, columns: Columns) -> bool:
+        """The editor got `text` to insert at offset `start` of `uri`: it replaces what else was shown there.
+        The first time, the ledger row gets `columns` (language, context kind…) too; True then."""
         known = self._items.get(request_id)
         if known is not None and known.accepted_at is not None:
-            return
+            return False
         for other, item in list(self._items.items()):
             if item.uri == uri and item.accepted_at is None:
                 del self._items[other]
         self._items[request_id] = _Suggestion(uri, start, text)
         if known is None:  # a typed-ahead hit shows the rest of the same suggestion again
-            self._record(request_id, {"shown": 1, "language": language})
+            self._record(request_id, {"shown": 1, **columns})
+        return known is None
 
     def edited(self, uri: str, changes: Iterable[Change]) -> None:
         """One `didChange` of `uri`: its changes, each in the document as the changes before it left it."""
@@ -115,7 +119,7 @@ class Acceptance:
         item.checks = 0
         item.next_edit_undoes = True
         item.whole = item.whole or whole
-        columns: dict[str, str | int] = {"accepted_chars": taken}
+        columns: Columns = {"accepted_chars": taken}
         if whole:
             columns["accepted"] = 1
         self._record(request_id, columns)

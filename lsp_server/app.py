@@ -15,6 +15,7 @@ from lsp_server.assist import AssistRequest, AssistResult, run_assist
 from lsp_server.backends import Backend
 from lsp_server.backends.factory import ROLES, Role, backend_key, make_backend
 from lsp_server.budget import Budget
+from lsp_server.completion.confidence import Outcome
 from lsp_server.completion.engine import Engine, Request, Suggestion, Timing
 from lsp_server.config import Settings, data_dir
 from lsp_server.documents import characters
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 AUDIT_FILE = "cloud-audit.jsonl"
 """The audit log of cloud requests, in tandem's data directory."""
 _STOP_COMMANDS_S = 5.0
+_JUDGED_KEPT = 500
 
 Level = Literal["error", "warning", "info"]
 Report = Callable[[str, Level], None]
@@ -84,10 +86,12 @@ class App:
         self.budget = Budget(self.ledger, self.prices, settings.daily_budget_usd, settings.monthly_budget_usd)
         self.backends: dict[Role, Backend | None] = {role: self._build(role) for role in ROLES}
         """The backend of each role; chat None: the completion backend runs commands on this machine too."""
-        self.engine = Engine(self._completion(), settings, self.ledger.record)
+        self.engine = Engine(self._completion(), settings, self.ledger.record, self._outcomes)
         self.router = self._router()
         self.acceptance = Acceptance(self.ledger.record_outcome)
         """What became of the suggestions shown (in the ledger)."""
+        self._judged: dict[str, tuple[str, float | None]] = {}
+        """Context kind and mean log-probability of the suggestions shown and not yet accepted, by request id."""
         self._retention: asyncio.TimerHandle | None = None
         self._prefetches: set[asyncio.Task[None]] = set()
 
@@ -127,6 +131,16 @@ class App:
         finally:
             del self._commands[task]
 
+    def shown(self, suggestion: Suggestion, uri: str, language: str) -> None:
+        """The editor shows `suggestion` in `uri`: track what becomes of it, and learn from it."""
+        kind, logprob = suggestion.kind, suggestion.mean_logprob
+        columns = {"language": language, "context": kind, "mean_logprob": logprob}
+        if self.acceptance.shown(suggestion.request_id, uri, suggestion.start, suggestion.text, columns):
+            self.engine.confidence.shown(kind, logprob)
+            self._judged[suggestion.request_id] = (kind, logprob)
+            while len(self._judged) > _JUDGED_KEPT:
+                del self._judged[next(iter(self._judged))]
+
     def forget(self, uri: str) -> None:
         """A document was closed: drop what the engine keeps for it, and count what stays of its accepted text."""
         self.engine.forget(uri)
@@ -143,6 +157,8 @@ class App:
         if length is not None:
             length = characters(text, length, encoding)
         cursor = self.acceptance.accepted(request_id, (text_of(uri) or "") if uri else "", length)
+        if (judged := self._judged.pop(request_id, None)) is not None:
+            self.engine.confidence.accepted(*judged)
         if not uri and length is None:  # shown before this process started: the accept still counts
             self.ledger.record_outcome(request_id, {"accepted": 1})
         self._schedule_retention()
@@ -248,6 +264,10 @@ class App:
         self._starting.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             self._report(str(error), "error")
+
+    def _outcomes(self, model: str) -> list[Outcome]:
+        """What became of `model`'s suggestions shown, newest first (run off the event loop)."""
+        return [Outcome(kind, logprob, taken) for kind, logprob, taken in self.ledger.outcomes(model)]
 
     def _completion(self) -> Backend:
         backend = self.backends["completion"]

@@ -41,6 +41,9 @@ class Settings:
     decode_ahead: DecodeAhead = "auto"
     """While the debounce runs: evaluate the prompt and decode its first line ahead, less when what is decoded
     ahead is rarely used (auto); or leave the model idle until the debounce is over (off: for a battery)."""
+    min_confidence: float | Literal["auto"] = "auto"
+    """The chance of being kept below which a suggestion is not shown (0: show all); auto: tuned on `tandem eval`
+    (`confidence.AUTO`). The chance is learned per kind of context from what the user accepted."""
     multiline: Multiline = "auto"
     """Multi-line ghost text: at block starts (auto), always, or never."""
     max_tokens: int = 96
@@ -174,6 +177,14 @@ def _decode_ahead(value: Any) -> DecodeAhead:
     return value  # type: ignore[no-any-return]
 
 
+def _min_confidence(value: Any) -> float | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError('expected "auto" or a chance between 0 and 1')
+    return float(value)
+
+
 def _optional_str(value: Any) -> str | None:
     if value == "":
         return None
@@ -259,6 +270,7 @@ _WIRE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "completion.debounceMs": ("debounce_ms", _debounce),
     "completion.multiline": ("multiline", _multiline),
     "completion.decodeAhead": ("decode_ahead", _decode_ahead),
+    "completion.minConfidence": ("min_confidence", _min_confidence),
     "completion.maxTokens": ("max_tokens", _at_most(lambda: MAX_COMPLETION_TOKENS, "a suggestion needs")),
     "completion.promptTokens": ("prompt_tokens", _at_most(lambda: MAX_CONTEXT, "the longest context")),
     "completion.enabled": ("enabled", _bool),

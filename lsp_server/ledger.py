@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -68,6 +68,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Before this version every completion with outcome "ok" counted as shown.
         "UPDATE requests SET shown = 1 WHERE task = 'completion' AND outcome = 'ok'",
     ),
+    (
+        "ALTER TABLE requests ADD COLUMN context TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE requests ADD COLUMN mean_logprob REAL",
+    ),
 )
 """Schema migrations: entry i upgrades `PRAGMA user_version` i to i + 1. Append; never edit."""
 
@@ -93,6 +97,8 @@ COLUMNS = (
     "retained_chars_30s",
     "retained_chars_5m",
     "reversed",
+    "context",
+    "mean_logprob",
 )
 """The columns `Ledger.rows` yields, in order."""
 OUTCOMES = COLUMNS[14:]
@@ -106,7 +112,7 @@ _SAVE = (
     " ON CONFLICT (request_id) DO UPDATE SET "
     + ", ".join(
         f"{name} = COALESCE(excluded.{name}, {name})"
-        if name.startswith("retained")
+        if name.startswith("retained") or name == "mean_logprob"
         else f"{name} = max({name}, excluded.{name})"
         for name in OUTCOMES
     )
@@ -124,6 +130,10 @@ _ACCEPTANCE = f"""
 """
 _OUTCOME_FIELDS = ("shown", "accepted", "acceptedChars", "retainedChars30s", "retainedChars5m", "reversals")
 """How `tandem usage --json` names the sums of the outcome columns."""
+_OUTCOMES_SEEN = """
+    SELECT context, mean_logprob, accepted OR accepted_chars > 0 FROM requests
+    WHERE task = 'completion' AND shown = 1 AND context != '' AND model = ? ORDER BY time DESC LIMIT ?
+"""
 _SPENT = "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE time >= ? AND backend != 'local'"
 _BATCH = 500
 _BUSY_RETRIES = 2
@@ -330,7 +340,15 @@ class Ledger:
             )
         )
 
-    def record_outcome(self, request_id: str, values: dict[str, str | int]) -> None:
+    def outcomes(self, model: str, most: int = 2000) -> list[tuple[str, float | None, bool]]:
+        """The newest suggestions of `model` shown: (context kind, mean log-probability, any of it accepted)."""
+        try:
+            rows = self._call(lambda conn: conn.execute(_OUTCOMES_SEEN, (model, most)).fetchall())
+        except (sqlite3.Error, OSError, TimeoutError, RuntimeError):  # closed, or a file it cannot read
+            return []
+        return [(kind, logprob, bool(taken)) for kind, logprob, taken in rows]
+
+    def record_outcome(self, request_id: str, values: Mapping[str, str | int | float | None]) -> None:
         """Set `OUTCOMES` columns of a completion: shown, accepted (whole), characters accepted and retained."""
         unknown = set(values) - set(OUTCOMES)
         assert not unknown, f"not outcome columns: {unknown}"

@@ -379,7 +379,7 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
         pending.shown = timing
         current = ls.documents.get(uri)
         if current is not None and current.version == doc.version:  # else the editor drops it: not shown
-            app.acceptance.shown(suggestion.request_id, uri, doc.language_id, suggestion.start, suggestion.text)
+            app.shown(suggestion, uri, doc.language_id)
         info = params.context.selected_completion_info
         accepted = types.Command(title="Accepted", command="tandem.accepted", arguments=[suggestion.request_id])
         replace = info.range if info is not None else types.Range(pos, pos)

@@ -57,7 +57,10 @@ async def start_client(
     server: tuple[str, ...] = ("-m", "lsp_server", "serve"),
 ) -> Client:
     """Start `tandem serve` (or another `python` command line, `server`) as a subprocess and initialize it as
-    `editor` would."""
+    `editor` would. Every suggestion is shown unless `options` set `completion.minConfidence`: whether the model
+    is sure of its suggestion at a test's spot is not what tests are about, except those of that setting."""
+    completion = (options or {}).get("completion", {})
+    options = {**(options or {}), "completion": {"minConfidence": 0, **completion}}
     config = ClientServerConfig(
         server_command=[sys.executable, *server],
         server_env={**os.environ, "TANDEM_DATA_DIR": str(data_dir), **(env or {})},

@@ -13,13 +13,15 @@ from lsp_server.completion.prompt import FimTemplate
 
 
 class ScriptedBackend:
-    """Streams `reply` a word per chunk, one chunk per 10 ms, honouring cancellation; remembers its prompts."""
+    """Streams `reply` a word per chunk, one chunk per 10 ms, honouring cancellation; remembers its prompts.
+    With `logprob`, each chunk is a token of that log-probability, as the local backend reports them."""
 
     name = "local"
     loads_model = True
 
-    def __init__(self, reply: str, model: str = "scripted") -> None:
+    def __init__(self, reply: str, model: str = "scripted", logprob: float | None = None) -> None:
         self.reply = reply
+        self.logprob = logprob
         self.model = model
         self.prompts: list[str] = []
         self.sent = 0
@@ -39,7 +41,11 @@ class ScriptedBackend:
         return {"state": "closed" if self.closed else "ready", "name": self.model}
 
     def prefill(
-        self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None] = lambda text: None
+        self,
+        prompt: TextPrompt,
+        done: Callable[[Ahead], None],
+        emit: Callable[[str], None] = lambda text: None,
+        logprobs: list[float] | None = None,
     ) -> None:
         """Nothing ahead: the reply is known."""
 
@@ -58,6 +64,10 @@ class ScriptedBackend:
                 await asyncio.sleep(0.01)
                 sent += 1
                 self.sent += 1
+                if self.logprob is not None:
+                    report.logprobs.append(self.logprob)
                 yield chunk + " "
         finally:
             report.usage = Usage(prompt_tokens=len(text) // 4 or 1, completion_tokens=sent)
+            if report.logprobs:
+                report.mean_logprob = sum(report.logprobs) / len(report.logprobs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -73,6 +73,9 @@ class Generation:
     cancelled: bool = False
     mean_logprob: float | None = None
     """Mean log-probability of the generated tokens; None when the backend does not report it."""
+    logprobs: list[float] = field(default_factory=list)
+    """Log-probability of each token generated so far, as the backend streams them (empty when it does not
+    report them)."""
     ahead_tokens: int = 0
     """Completion tokens that were decoded ahead, while the user typed, rather than for this request."""
     drafted: int = 0
@@ -135,10 +138,15 @@ class Backend(Protocol):
         ...
 
     def prefill(
-        self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None] = lambda text: None
+        self,
+        prompt: TextPrompt,
+        done: Callable[[Ahead], None],
+        emit: Callable[[str], None] = lambda text: None,
+        logprobs: list[float] | None = None,
     ) -> None:
         """Evaluate `prompt` ahead of its generation when idle and decode ahead; `emit` hears the text decoded
-        ahead as it comes and `done` what was done, both on the caller's loop.
+        ahead as it comes and `done` what was done, both on the caller's loop; each token's log-probability is
+        appended to `logprobs` before its text is emitted.
 
         Only a backend whose KV cache is its own does anything here.
         """

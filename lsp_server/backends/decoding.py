@@ -142,9 +142,16 @@ class Decoder:
         self._logits_at = -1  # the KV length they belong to; -1 when there are none
         self._drafts = [0, 0]  # tokens drafted by prompt lookup, and of those kept, since loading
 
-    def run(self, prompt: TextPrompt, emit: Callable[[str], None], interrupt: Callable[[str], bool]) -> Pass:
+    def run(
+        self,
+        prompt: TextPrompt,
+        emit: Callable[[str], None],
+        interrupt: Callable[[str], bool],
+        logprobs: list[float] | None = None,
+    ) -> Pass:
         """Decode greedily after the prompt, passing each token's text to `emit`, until the end of generation,
         a stop string (its text cut there), `prompt.max_tokens`, or `interrupt` says so given the text so far.
+        Each token's log-probability is appended to `logprobs` (the pass's own) before its text is emitted.
         A token the loop stops at is left unevaluated: a generation after the same prompt chooses it again from
         the logits held."""
         import llama_cpp
@@ -152,7 +159,7 @@ class Decoder:
         healing = self._tokens(prompt)
         text = _Text(self._llm, healing)
         vocab = self._llm._model.vocab
-        done = Pass(len(healing.tokens))
+        done = Pass(len(healing.tokens), logprobs=[] if logprobs is None else logprobs)
         drafts = list(self._drafts)
         try:
             held, done.evaluated = self._position(healing)

@@ -254,7 +254,7 @@ class LocalBackend:
             return
         assert self._decoder is not None
         started = time.perf_counter()
-        done = self._decoder.run(prompt, push, lambda _: cancel.is_set())
+        done = self._decoder.run(prompt, push, lambda _: cancel.is_set(), report.logprobs)
         if done.served:  # the wait, if any, was for the last of these tokens, decoded ahead: model time
             started = queued
         if done.error is not None:
@@ -273,14 +273,22 @@ class LocalBackend:
         )
         report.total_s = time.perf_counter() - started
 
-    def _prefill(self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None]) -> None:
+    def _prefill(
+        self,
+        prompt: TextPrompt,
+        done: Callable[[Ahead], None],
+        emit: Callable[[str], None],
+        logprobs: list[float] | None,
+    ) -> None:
         """Evaluate the prompt, then decode its first line ahead of the generation that may follow, until other
         work arrives."""
         if not self._jobs.empty():  # a generation, or a newer prompt, is waiting: it matters more
             return
         assert self._decoder is not None
         # Ahead of a request, only its first line: that is what the user waits for.
-        ahead = self._decoder.run(prompt, emit, lambda text: "\n" in text.lstrip("\n") or not self._jobs.empty())
+        ahead = self._decoder.run(
+            prompt, emit, lambda text: "\n" in text.lstrip("\n") or not self._jobs.empty(), logprobs
+        )
         if ahead.error is not None:  # the generation will report its own
             log.error("prompt evaluation ahead of a generation failed", exc_info=ahead.error)
             return
@@ -291,7 +299,11 @@ class LocalBackend:
     # --- event loop side -------------------------------------------------
 
     def prefill(
-        self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None] = lambda text: None
+        self,
+        prompt: TextPrompt,
+        done: Callable[[Ahead], None],
+        emit: Callable[[str], None] = lambda text: None,
+        logprobs: list[float] | None = None,
     ) -> None:
         """Evaluate a prompt while the engine waits out its debounce, when the worker has nothing else to do,
         then decode its first line ahead until other work arrives: the generation that may follow starts on a
@@ -306,7 +318,7 @@ class LocalBackend:
         def piece(text: str) -> None:
             loop.call_soon_threadsafe(emit, text)
 
-        self._jobs.put(lambda: self._prefill(prompt, report, piece))
+        self._jobs.put(lambda: self._prefill(prompt, report, piece, logprobs))
 
     async def stream(self, prompt: Prompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
         """Yield text as the worker generates it (chat rendered with the model's template); closing the stream

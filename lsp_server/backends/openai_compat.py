@@ -95,7 +95,11 @@ class OpenAICompatBackend:
         return {"state": state, "endpoint": self.base_url, "name": self.model, "error": self.last_error}
 
     def prefill(
-        self, prompt: TextPrompt, done: Callable[[Ahead], None], emit: Callable[[str], None] = lambda text: None
+        self,
+        prompt: TextPrompt,
+        done: Callable[[Ahead], None],
+        emit: Callable[[str], None] = lambda text: None,
+        logprobs: list[float] | None = None,
     ) -> None:
         """Nothing: a server's KV cache is shared, and evaluating ahead would cost a request."""
 

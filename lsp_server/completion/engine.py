@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePath
 
 from lsp_server.backends import Ahead, Backend, Generation, TextPrompt
+from lsp_server.completion.confidence import AUTO, SURE, Confidence, Outcome, context_kind
 from lsp_server.completion.postprocess import (
     ends_in_loop,
     is_block_start,
@@ -34,10 +35,14 @@ log = logging.getLogger(__name__)
 # in the middle of code a suggestion would have to rewrite what is already there.
 _COMPLETABLE_SUFFIX = re.compile(r"[\s)\]}>'\"`;:,.]*")
 _MAX_LINES = 12
-# Below this mean token log-probability a suggestion is almost never right: an empty suggestion is
-# better than a wrong one. On `tandem eval` every threshold above -1.75 dropped some partly right
-# suggestions (mostly prose in comments and docstrings), so this stays just below.
-_MIN_MEAN_LOGPROB = -2.0
+# What a suggestion's first tokens say of it: one likely to be kept (`SURE`) is shown from its second token;
+# another once `_JUDGED_AFTER` tokens leave it likely enough (the threshold), and stopped, its decoding saved,
+# once `_STOP_AFTER` tokens leave it unlikely, with nothing shown (tuned on `tandem eval` seed 1).
+_SURE_AFTER = 2
+_JUDGED_AFTER = 8
+_STOP_AFTER = 12
+_DOCSTRING_WINDOW = 20_000
+"""Characters before the cursor's line searched for an open docstring."""
 # The first line is shown while it is written, a whole word at a time: a word the model is still writing may
 # grow (`get_fo` → `get_format`), and its half would be noise to read; what ends in a non-word character is
 # final, as greedy tokens are never taken back.
@@ -82,6 +87,9 @@ class Suggestion:
     end: int
     request_id: str
     from_cache: bool = False
+    kind: str = "code"
+    """Where it was made (`confidence.context_kind`)."""
+    mean_logprob: float | None = None
 
 
 @dataclass
@@ -112,6 +120,10 @@ class Counters:
     """Suggestions started at once after a suggestion was accepted whole, for the request that follows."""
     prefetchUsed: int = 0
     """Of those, the ones a request was then served from."""
+    lowConfidence: int = 0
+    """Suggestions not shown as unlikely to be kept (`completion.minConfidence`)."""
+    lowConfidenceStopped: int = 0
+    """Of those, generations stopped before their end, their decoding saved."""
 
 
 class AdaptiveDebounce:
@@ -218,6 +230,39 @@ class _Growing:
 
 
 @dataclass
+class _Judge:
+    """Whether one suggestion is likely enough to be kept to be shown (`completion.minConfidence`)."""
+
+    confidence: Confidence
+    kind: str
+    threshold: float
+    mean_logprob: float | None = None
+    """Of the whole suggestion, once generated."""
+
+    def sure(self, logprobs: list[float], pieces: int = 1) -> bool:
+        """Whether what is written so far may be shown: enough tokens, likely enough; judged on the kind of
+        context alone when the backend reports no log-probabilities (`pieces` of text came without any)."""
+        if self.threshold <= 0:
+            return True
+        if not logprobs:
+            return pieces > 0 and self.likely(None)
+        chance = self.confidence.estimate(self.kind, _mean(logprobs))
+        tokens = len(logprobs)
+        return (tokens >= _SURE_AFTER and chance >= SURE) or (tokens >= _JUDGED_AFTER and chance >= self.threshold)
+
+    def hopeless(self, logprobs: list[float]) -> bool:
+        """Unlikely to be kept, with enough tokens to say so: not worth decoding on."""
+        return self.threshold > 0 and len(logprobs) >= _STOP_AFTER and not self.likely(_mean(logprobs))
+
+    def likely(self, mean_logprob: float | None) -> bool:
+        return self.confidence.estimate(self.kind, mean_logprob) >= self.threshold
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
 class _Running:
     """The request a document's generation serves, and where its answer will be."""
 
@@ -289,7 +334,14 @@ class Context:
 class Engine:
     """Turns inline-completion requests into suggestions, one model generation at a time."""
 
-    def __init__(self, backend: Backend, settings: Settings, record: Callable[[Entry], None] = lambda e: None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: Settings,
+        record: Callable[[Entry], None] = lambda e: None,
+        outcomes: Callable[[str], list[Outcome]] = lambda model: [],
+    ) -> None:
+        """`record` writes a ledger row; `outcomes` reads what became of a model's suggestions shown."""
         self.counters = Counters()
         self._backend = backend
         self._settings = settings
@@ -300,6 +352,11 @@ class Engine:
         self._hit_latencies: deque[float] = deque(maxlen=2000)
         """The same for suggestions served from what was shown before (typed ahead)."""
         self._ahead = AheadBudget()
+        self.confidence = Confidence()
+        """How likely suggestions are to be kept, learned from the ledger's outcomes of the model serving."""
+        self._outcomes = outcomes
+        self._confidence_of = ""
+        """The model whose outcomes `confidence` learned from."""
 
     def reconfigure(self, settings: Settings, backend: Backend | None = None) -> None:
         """Serve the next requests with `settings`, and with `backend` when given: running generations then stop
@@ -398,6 +455,10 @@ class Engine:
         text_prompt = TextPrompt(
             prompt.text, self._settings.max_tokens, () if ctx.multiline else ("\n",), infill=prompt.infill
         )
+        judge = await self._judge(backend, ctx, req.text, req.cursor)
+        if not self.confidence.worth_generating(judge.kind, judge.threshold):
+            self.counters.lowConfidence += 1
+            return None
         delay = 0.0 if req.invoked else self._debounce(slot)
         shown = _Growing(on_partial)
         if delay > 0 and self._settings.decode_ahead == "auto":
@@ -406,6 +467,7 @@ class Engine:
             # ones), so that when typing stops the line is partly or wholly there and the wait costs nothing.
             ahead = replace(text_prompt, max_tokens=self._ahead.tokens(text_prompt.max_tokens))
             decoded: list[str] = []
+            logprobs: list[float] = []
 
             def decoded_ahead(piece: str) -> None:
                 decoded.append(piece)
@@ -413,16 +475,18 @@ class Engine:
                 if ticket != slot.seq:
                     return
                 if "\n" in raw:  # the first line of a block, finished
-                    shown.show(_clean(raw[: raw.rindex("\n")], ctx))
-                elif _WORD_END.search(piece):
+                    if judge.likely(_mean(logprobs)):
+                        shown.show(_clean(raw[: raw.rindex("\n")], ctx))
+                elif _WORD_END.search(piece) and judge.sure(logprobs):
                     shown.show(_first_words(raw, ctx))
 
             def done_ahead(done: Ahead) -> None:
                 self._count_prefill(done)
-                if done.finished and ticket == slot.seq and not ctx.multiline:  # the whole line, at its stop
+                finished = done.finished and ticket == slot.seq and not ctx.multiline  # the whole line, at its stop
+                if finished and judge.likely(_mean(logprobs)):
                     shown.show(_clean("".join(decoded), ctx))
 
-            backend.prefill(ahead, done_ahead, decoded_ahead)
+            backend.prefill(ahead, done_ahead, decoded_ahead, logprobs)
         waited = time.perf_counter()
         await asyncio.sleep(delay)
         timing.debounce = (time.perf_counter() - waited) * 1000
@@ -430,13 +494,27 @@ class Engine:
             self.counters.supersededRequests += 1
             return None
         request_id = uuid.uuid4().hex
-        text = await self._generate(backend, text_prompt, ctx, slot, ticket, req.workspace, request_id, shown, timing)
+        text = await self._generate(
+            backend, text_prompt, ctx, slot, ticket, req.workspace, request_id, shown, timing, judge
+        )
         if not text:
             return None
         slot.shown = _Shown(req.text[: req.cursor], req.text[req.cursor :], text, request_id, prefetch)
+        suggestion = Suggestion(text, req.cursor, req.cursor, request_id, False, judge.kind, judge.mean_logprob)
         if prefetch:  # no one waits for it: its latency is not one a user saw
-            return Suggestion(text, req.cursor, req.cursor, request_id)
-        return self._answer(Suggestion(text, req.cursor, req.cursor, request_id), req, started)
+            return suggestion
+        return self._answer(suggestion, req, started)
+
+    async def _judge(self, backend: Backend, ctx: Context, text: str, cursor: int) -> _Judge:
+        """The judge of a suggestion at `ctx`, on what the ledger says of the serving model's suggestions."""
+        if backend.model != self._confidence_of:
+            self._confidence_of = backend.model
+            outcomes = await asyncio.to_thread(self._outcomes, backend.model)
+            self.confidence = Confidence(outcomes)
+        setting = self._settings.min_confidence
+        line_start = cursor - len(ctx.line_prefix)
+        kind = context_kind(text[max(0, line_start - _DOCSTRING_WINDOW) : line_start], ctx.line_prefix, ctx.multiline)
+        return _Judge(self.confidence, kind, AUTO if setting == "auto" else setting)
 
     def forget(self, uri: str) -> None:
         """Drop a closed document's state and stop its generation."""
@@ -486,18 +564,24 @@ class Engine:
         request_id: str,
         shown: _Growing,
         timing: Timing,
+        judge: _Judge,
     ) -> str | None:
         """One generation, streamed then finished (never taking back what was `shown`); the cleaned text, or None
-        when it was cancelled."""
+        when it was cancelled; "" when `judge` finds it unlikely to be kept and nothing of it was shown."""
         cancel = threading.Event()
         slot.cancel = cancel
         report = Generation()
         text = ""
         outcome = "error"
         try:
-            raw = await self._stream(backend, prompt, ctx, cancel, report, lambda: ticket != slot.seq, shown)
+            raw, stopped = await self._stream(
+                backend, prompt, ctx, cancel, report, lambda: ticket != slot.seq, shown, judge
+            )
             text = _clean(raw, ctx)
-            if report.mean_logprob is not None and report.mean_logprob < _MIN_MEAN_LOGPROB:
+            judge.mean_logprob = report.mean_logprob
+            if text and not shown.text and (stopped or not judge.likely(report.mean_logprob)):
+                self.counters.lowConfidence += 1
+                self.counters.lowConfidenceStopped += stopped
                 text = ""
             text = shown.settle(text)
             outcome = "ok" if text else "empty"
@@ -520,24 +604,31 @@ class Engine:
         report: Generation,
         superseded: Callable[[], bool],
         shown: _Growing,
-    ) -> str:
-        """Stream the raw reply, showing its first line word by word and then each finished line, and stopping as
-        soon as what will be shown is complete."""
+        judge: _Judge,
+    ) -> tuple[str, bool]:
+        """Stream the raw reply, showing its first line word by word and then each finished line once `judge` is
+        sure of it, and stopping as soon as what will be shown is complete, or once `judge` finds it hopeless
+        with nothing shown (then True)."""
         raw = ""
+        pieces = 0
         stream = backend.stream(prompt, cancel, report)
         async with contextlib.aclosing(stream):
             async for chunk in stream:
                 raw += chunk
+                pieces += 1
                 if superseded() or ends_in_loop(raw):
                     break
+                if not shown.text and judge.hopeless(report.logprobs):
+                    return raw, True
+                sure = judge.sure(report.logprobs, pieces)
                 if "\n" in chunk:
-                    if self._enough(raw, ctx, shown):
+                    if self._enough(raw, ctx, shown, sure):
                         break
-                elif "\n" not in raw and _WORD_END.search(chunk):
+                elif "\n" not in raw and _WORD_END.search(chunk) and sure:
                     shown.show(_first_words(raw, ctx))
         if ctx.multiline and report.usage.completion_tokens >= prompt.max_tokens and "\n" in raw:
             raw = raw[: raw.rindex("\n")]  # out of tokens mid-line: show only whole lines
-        return raw
+        return raw, False
 
     def _finish(self, backend: Backend, report: Generation, outcome: str, workspace: str, request_id: str) -> None:
         """Count and record a generation that reached the model (or failed)."""
@@ -555,11 +646,12 @@ class Engine:
         self._count_drafts(report.drafted, report.drafts_kept)
         self._record(Entry.of("completion", backend.name, backend.model, report, outcome, workspace, request_id))
 
-    def _enough(self, raw: str, ctx: Context, shown: _Growing) -> bool:
-        """Show each finished line at once; True when the block (or the single line) is done."""
+    def _enough(self, raw: str, ctx: Context, shown: _Growing, sure: bool) -> bool:
+        """Show each finished line at once (when `sure`); True when the block (or the single line) is done."""
         finished = raw[: raw.rindex("\n")]
         lines = _clean(finished, ctx)
-        shown.show(lines)
+        if sure:
+            shown.show(lines)
         if not ctx.multiline:
             return True
         return lines.count("\n") < finished.count("\n") or finished.count("\n") >= _MAX_LINES

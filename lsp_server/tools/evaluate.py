@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import random
 import re
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -525,6 +527,63 @@ def _run_edits(args: argparse.Namespace, packages: list[str], files: list[Path])
     return 0
 
 
+def _generated_tokens(data_dir: Path) -> int:
+    """Tokens the server's completions generated, from the ledger it wrote in `data_dir`."""
+    with contextlib.closing(sqlite3.connect(data_dir / "ledger.sqlite3")) as conn:
+        row = conn.execute("SELECT COALESCE(SUM(completion_tokens), 0) FROM requests WHERE task = 'completion'")
+        return int(row.fetchone()[0])
+
+
+def confidence_table(holes: int, seed: int, packages: list[str], sides: list[tuple[int, Metrics, int]]) -> str:
+    """The confidence scenario: suggestions shown, exact matches and decoding, `completion.minConfidence` auto
+    and 0, as a Markdown table."""
+    (shown_on, on, tokens_on), (shown_off, off, tokens_off) = sides
+    rows = [
+        ("suggestions shown", str(shown_on), str(shown_off), _ratio(shown_on, shown_off)),
+        ("exact first line", str(round(on.exact * on.n)), str(round(off.exact * off.n)), "-"),
+        (
+            "edit similarity (first line)",
+            f"{on.similarity:.3f}",
+            f"{off.similarity:.3f}",
+            _ratio(on.similarity, off.similarity),
+        ),
+        (
+            "exact among those shown",
+            _fmt(on.exact * on.n / shown_on if shown_on else None),
+            _fmt(off.exact * off.n / shown_off if shown_off else None),
+            "-",
+        ),
+        ("tokens generated", str(tokens_on), str(tokens_off), _ratio(tokens_on, tokens_off)),
+        ("latency p50 (ms)", _fmt(on.p50_ms, False), _fmt(off.p50_ms, False), "-"),
+    ]
+    out = [f"{holes} holes, seed {seed}, from {', '.join(packages)}", ""]
+    out += ["| metric | minConfidence auto | 0 (show all) | auto/0 |", "|---|---|---|---|"]
+    out += [f"| {name} | {x} | {y} | {r} |" for name, x, y, r in rows]
+    return "\n".join(out)
+
+
+def _run_confidence(args: argparse.Namespace, packages: list[str], files: list[Path]) -> int:
+    holes = cut_holes(files, args.holes, args.seed)
+    work = Path(tempfile.mkdtemp(prefix="tandem-eval-"))
+    sides = []
+    details: dict[str, list[str]] = {}
+    for name, value in (("auto", "auto"), ("off", 0)):
+        options = {"completion": {"minConfidence": value}}
+        answers = asyncio.run(ask_server(holes, args.model, work / f"{name}.log", work / name, options))
+        shown = sum(1 for a in answers if a.text.strip())
+        sides.append((shown, score(holes, answers), _generated_tokens(work / name)))
+        details[name] = [a.text for a in answers]
+    print(confidence_table(len(holes), args.seed, packages, sides))
+    if args.json is not None:
+        rows = [
+            {"path": h.path, "expected": h.expected, "auto": a, "off": b}
+            for h, a, b in zip(holes, details["auto"], details["off"], strict=True)
+        ]
+        args.json.write_text(json.dumps({"seed": args.seed, "holes": len(holes), "details": rows}, indent=1) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `tandem eval`."""
     parser = argparse.ArgumentParser(prog="tandem eval", description=__doc__)
@@ -535,10 +594,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="write the results here, for comparing commits")
     parser.add_argument(
         "--scenario",
-        choices=("holes", "edits"),
+        choices=("holes", "edits", "confidence"),
         default="holes",
         help="holes: the server against the raw model; edits: holes that need a name the user just defined"
-        " elsewhere, the server with its recent-edit context on and off",
+        " elsewhere, the server with its recent-edit context on and off; confidence: the server with"
+        " completion.minConfidence auto and 0 (suggestions shown, exact matches, tokens generated)",
     )
     args = parser.parse_args(argv)
     if args.holes < 1:
@@ -550,6 +610,8 @@ def main(argv: list[str]) -> int:
     packages, files = corpus(tuple(p for p in args.packages.split(",") if p))
     if args.scenario == "edits":
         return _run_edits(args, packages, files)
+    if args.scenario == "confidence":
+        return _run_confidence(args, packages, files)
     holes = cut_holes(files, args.holes, args.seed)
     model_path = args.model or str(embedded_model_path(cache_dir()))
     work = Path(tempfile.mkdtemp(prefix="tandem-eval-"))

@@ -53,7 +53,11 @@ def nvim(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "OPENAI_API_KEY": SECRET,
             "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",  # nothing may leave the machine
         },
-        "settings": {"completion": {"multiline": "always", "maxTokens": 40}, "routes": {"explain": "local"}},
+        # every suggestion shown: what the model is sure of at this spot is not what this test is about
+        "settings": {
+            "completion": {"multiline": "always", "maxTokens": 40, "minConfidence": 0},
+            "routes": {"explain": "local"},
+        },
         "debounce_ms": 150,  # keys come 30 ms apart: no request before the typing stops, even on a busy machine
         "file": str(sample),
         "typed": TYPED,

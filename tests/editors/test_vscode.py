@@ -51,6 +51,7 @@ TRACEBACK_LINES_ALLOWED = 50  # the issue's bar; zero is the goal
 DRIVER_TIMEOUT_S = 2400  # a bound for a stuck session, not a speed requirement: each wait has its own
 pytestmark = pytest.mark.timeout(DRIVER_TIMEOUT_S + 1200)  # the session plus installing the workbench
 SETTINGS: dict[str, Any] = {
+    "tandem.completion.minConfidence": 0,  # every suggestion shown: the model's confidence here is not under test
     "telemetry.telemetryLevel": "off",
     "workbench.startupEditor": "none",
     "workbench.colorTheme": "Default Dark Modern",

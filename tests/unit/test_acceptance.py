@@ -36,7 +36,7 @@ class Session:
 
 
 def shown(session: Session, text: str, at: int, request_id: str = "r1") -> None:
-    session.tracker.shown(request_id, URI, "python", at, text)
+    session.tracker.shown(request_id, URI, at, text, {"language": "python"})
 
 
 def test_accepted_then_part_edited_away_retains_exactly_what_is_left() -> None:

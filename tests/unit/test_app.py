@@ -15,6 +15,7 @@ from lsp_server.app import App, plan
 from lsp_server.assist import AssistRequest
 from lsp_server.backends import Backend
 from lsp_server.backends.factory import Role, make_backend
+from lsp_server.completion.confidence import PRIOR_WEIGHT
 from lsp_server.completion.engine import Request, Timing
 from lsp_server.config import Settings
 from tests.standin import ScriptedBackend
@@ -157,3 +158,22 @@ async def test_a_command_running_on_a_replaced_model_stops_and_is_recorded_first
     assert [(r["task"], r["model"], r["outcome"]) for r in app.ledger.rows()] == [
         ("explain", "completion-4096", "cancelled")
     ]
+
+
+async def test_suggestions_shown_and_accepted_teach_the_confidence_at_once(app: App) -> None:
+    text = "def f(values):\n    "
+    request = Request("file:///a.py", text, len(text), invoked=True)
+    shown = []
+    for _ in range(2):
+        suggestion = await app.complete(request, "/a.py", lambda _: None, Timing())
+        assert suggestion is not None
+        app.shown(suggestion, "file:///a.py", "python")
+        app.shown(suggestion, "file:///a.py", "python")  # shown again (typed ahead): learned once
+        shown.append(suggestion)
+        request = Request("file:///a.py", text + " ", len(text) + 1, invoked=True)
+    kind, logprob = shown[0].kind, shown[0].mean_logprob
+    prior = app.engine.confidence.estimate(kind, logprob)
+    app.accepted(shown[1].request_id, lambda uri: text)
+    app.accepted(shown[1].request_id, lambda uri: text)  # the same accept reported twice counts once
+    seen = PRIOR_WEIGHT + 2  # the prior's weight and the two suggestions shown
+    assert app.engine.confidence.estimate(kind, logprob) == pytest.approx((prior * seen + 1) / seen)

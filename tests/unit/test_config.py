@@ -42,13 +42,14 @@ def test_every_vscode_server_setting_is_a_key_the_server_knows() -> None:
     assert client_only == {"server.command", "refactor.showDiff", "trace.server"}
     flat = config.flatten(section)
     assert set(flat) == set(config._WIRE)
-    assert len(flat) == 26
+    assert len(flat) == 27
 
 
 def test_vscode_defaults_resolve_to_the_server_defaults() -> None:
     assert resolve(_vscode_defaults(), NO_ENV) == (Settings(), [])
 
 
+CHANCE = 'expected "auto" or a chance between 0 and 1'
 ALL = {
     "local.modelPath": "~/models/coder.gguf",
     "local.chatModelPath": "/models/chat.gguf",
@@ -65,6 +66,7 @@ ALL = {
     "completion.debounceMs": 100,
     "completion.multiline": "never",
     "completion.decodeAhead": "off",
+    "completion.minConfidence": 0.2,
     "completion.maxTokens": 64,
     "completion.promptTokens": 1024,
     "completion.recentChunks": 0,
@@ -93,6 +95,7 @@ ALL_SETTINGS = Settings(
     debounce_ms=100,
     multiline="never",
     decode_ahead="off",
+    min_confidence=0.2,
     max_tokens=64,
     prompt_tokens=1024,
     recent_chunks=0,
@@ -200,6 +203,8 @@ def test_payloads(options: dict[str, Any], changed: dict[str, Any]) -> None:
         ),
         pytest.param("completion.multiline", ["auto"], 'expected "auto", "always" or "never"', id="multiline-list"),
         pytest.param("completion.decodeAhead", "on", 'expected "auto" or "off"', id="decode-ahead-unknown"),
+        pytest.param("completion.minConfidence", 1.5, CHANCE, id="min-confidence-above-1"),
+        pytest.param("completion.minConfidence", "high", CHANCE, id="min-confidence-word"),
         pytest.param("completion.maxTokens", 0, "expected a positive integer", id="max-tokens-zero"),
         pytest.param("completion.promptTokens", "1536", "expected a positive integer", id="prompt-tokens-string"),
         pytest.param("cloud.model", "", "expected a model name", id="model-empty"),

@@ -528,7 +528,7 @@ def test_saving_rows_kept_in_memory_keeps_the_newer_outcome() -> None:
         )
     disk.execute("UPDATE requests SET shown = 1, language = 'python', retained_chars_30s = 7")
     memory.execute("UPDATE requests SET shown = 1, language = 'python', accepted = 1, accepted_chars = 9")
-    memory.execute("UPDATE requests SET retained_chars_5m = 4, reversed = 1")
+    memory.execute("UPDATE requests SET retained_chars_5m = 4, reversed = 1, context = 'code', mean_logprob = -0.25")
     disk.executemany(ledger_module._SAVE, memory.execute(f"SELECT {', '.join(COLUMNS)} FROM requests"))
     row = disk.execute(f"SELECT {', '.join(ledger_module.OUTCOMES)} FROM requests").fetchall()
-    assert row == [(1, "python", 1, 9, 7, 4, 1)]
+    assert row == [(1, "python", 1, 9, 7, 4, 1, "code", -0.25)]
