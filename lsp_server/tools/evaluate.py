@@ -30,6 +30,9 @@ from lsp_server.context import CHARS_PER_TOKEN
 
 PACKAGES = ("openai", "pygls", "httpx", "httpx2")
 """Default corpus: code no one here wrote; those not installed are skipped (openai pulls in httpx or httpx2)."""
+SHOW_ALL = {"completion": {"minConfidence": 0}}
+"""The holes and edits scenarios judge what the server writes, so every suggestion is shown; the confidence
+scenario measures what `completion.minConfidence` holds back."""
 _BLOCK_OPENER = re.compile(r"^\s*(?:async\s+def|def|class|if|elif|else|for|while|with|try|except|finally)\b.*:\s*$")
 
 
@@ -511,8 +514,8 @@ def _run_edits(args: argparse.Namespace, packages: list[str], files: list[Path])
     settings = Settings()
     holes, edits = cut_edit_holes(files, args.holes, args.seed, int(settings.prompt_tokens * CHARS_PER_TOKEN))
     work = Path(tempfile.mkdtemp(prefix="tandem-eval-"))
-    on = asyncio.run(ask_server(holes, args.model, work / "on.log", work / "on", edits=edits))
-    off_options = {"completion": {"recentChunks": 0}}
+    on = asyncio.run(ask_server(holes, args.model, work / "on.log", work / "on", SHOW_ALL, edits))
+    off_options = {"completion": {**SHOW_ALL["completion"], "recentChunks": 0}}
     off = asyncio.run(ask_server(holes, args.model, work / "off.log", work / "off", off_options, edits))
     on_metrics, off_metrics = score(holes, on), score(holes, off)
     print(edits_table(len(holes), args.seed, packages, on_metrics, off_metrics))
@@ -615,7 +618,7 @@ def main(argv: list[str]) -> int:
     holes = cut_holes(files, args.holes, args.seed)
     model_path = args.model or str(embedded_model_path(cache_dir()))
     work = Path(tempfile.mkdtemp(prefix="tandem-eval-"))
-    server_answers = asyncio.run(ask_server(holes, args.model, work / "server.log", work))
+    server_answers = asyncio.run(ask_server(holes, args.model, work / "server.log", work, SHOW_ALL))
     raw_answers = ask_raw(holes, model_path, Settings())
     result = Run(args.seed, len(holes), packages, score(holes, server_answers), score(holes, raw_answers))
     result.details = [

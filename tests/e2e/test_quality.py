@@ -57,3 +57,18 @@ def test_eval_runs_end_to_end_and_writes_json(tmp_path: Path) -> None:
         assert metrics["p50_ms"] > 0 and metrics["p95_ms"] >= metrics["p50_ms"]
     # The raw model answered every hole with at most one line.
     assert all("\n" not in hole["raw"] for hole in result["details"])
+
+
+def test_eval_confidence_scenario_counts_what_each_side_showed(tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    command = [sys.executable, "-m", "lsp_server", "eval", "--scenario", "confidence", "--holes", "4", "--seed", "3"]
+    done = subprocess.run(
+        [*command, "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in done.stdout.splitlines() if "|" in line}
+    details = json.loads(out.read_text())["details"]
+    for column, side in enumerate(("auto", "off")):
+        shown = sum(1 for hole in details if hole[side].strip())
+        assert int(rows["suggestions shown"][column]) == shown
+        assert int(rows["tokens generated"][column]) > 0  # read from the ledger that side's server wrote
