@@ -187,7 +187,9 @@ try {
     // Tab takes what is shown (it may have grown since: the suggestion streams)
     entry.shown = await until("ghost text", ghost);
     await page.keyboard.press("Tab");
-    await until("the ghost text to go", async () => !(await ghost()));
+    // What was shown goes; the rest of a suggestion that was still growing, or the next one (prefetched after
+    // an accept), may show at once in its place, so wait for this ghost text to go, not for any
+    await until("the ghost text to go", async () => (await ghost())?.first !== entry.shown.first);
     await page.keyboard.down("Control");
     await page.keyboard.press("s");
     await page.keyboard.up("Control");
