@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sys
 import threading
 import time
@@ -45,6 +46,7 @@ ASSIST_COMMANDS = frozenset({"tandem.explain", "tandem.debug", "tandem.refactor"
 """The commands that ask a model about a selection (pygls cannot cancel them; tandem does)."""
 _IGNORED = "$/tandem/answeredMalformedRequest"
 _PROGRESS_CREATE_TIMEOUT_S = 5.0
+_COUNTDOWN = re.compile(r" \(in (?:\d+ h )?\d+ min\)")
 _LEVELS = {"error": types.MessageType.Error, "warning": types.MessageType.Warning, "info": types.MessageType.Info}
 
 AppFactory = Callable[[Settings, str, Report], App]
@@ -217,6 +219,11 @@ class TandemProtocol(LanguageServerProtocol):
             self._server.app.forget(params.text_document.uri)
 
 
+def gist_of(message: str) -> str:
+    """What makes a message another one: not a countdown in it (`(in 3 h 7 min)` a minute later)."""
+    return _COUNTDOWN.sub("", message)
+
+
 class TandemServer(LanguageServer):
     """Open documents and the application that serves them."""
 
@@ -276,9 +283,9 @@ class TandemServer(LanguageServer):
     def report_once(self, message: str, level: Level = "error") -> None:
         """Show a problem to the user once per distinct message, and log it."""
         log.log({"error": logging.ERROR, "warning": logging.WARNING}.get(level, logging.INFO), "%s", message)
-        if message in self._reported:
+        if (gist := gist_of(message)) in self._reported:
             return
-        self._reported.add(message)
+        self._reported.add(gist)
         self.window_show_message(types.ShowMessageParams(type=_LEVELS[level], message=f"tandem: {message}"))
 
     def open_app(self, settings: Settings) -> None:
