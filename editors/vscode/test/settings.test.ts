@@ -36,6 +36,7 @@ const SERVER_DEFAULTS: Record<string, unknown> = {
   "completion.debounceMs": "auto",
   "completion.multiline": "auto",
   "completion.decodeAhead": "auto",
+  "completion.minConfidence": "auto",
   "completion.maxTokens": 96,
   "completion.promptTokens": 1536,
   "completion.enabled": true,
