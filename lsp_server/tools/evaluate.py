@@ -493,6 +493,11 @@ def _side_by_side(title: str, names: tuple[str, str, str], a: Metrics, b: Metric
         ("latency p50 (ms)", _fmt(a.p50_ms, False), _fmt(b.p50_ms, False), "-"),
         ("latency p95 (ms)", _fmt(a.p95_ms, False), _fmt(b.p95_ms, False), "-"),
     ]
+    return _markdown(title, names, rows)
+
+
+def _markdown(title: str, names: tuple[str, str, str], rows: list[tuple[str, str, str, str]]) -> str:
+    """Rows of (metric, one side, the other, their ratio) as a Markdown table under `title`."""
     out = [title, "", f"| metric | {names[0]} | {names[1]} | {names[2]} |", "|---|---|---|---|"]
     out += [f"| {name} | {x} | {y} | {r} |" for name, x, y, r in rows]
     return "\n".join(out)
@@ -559,10 +564,8 @@ def confidence_table(holes: int, seed: int, packages: list[str], sides: list[tup
         ("tokens generated", str(tokens_on), str(tokens_off), _ratio(tokens_on, tokens_off)),
         ("latency p50 (ms)", _fmt(on.p50_ms, False), _fmt(off.p50_ms, False), "-"),
     ]
-    out = [f"{holes} holes, seed {seed}, from {', '.join(packages)}", ""]
-    out += ["| metric | minConfidence auto | 0 (show all) | auto/0 |", "|---|---|---|---|"]
-    out += [f"| {name} | {x} | {y} | {r} |" for name, x, y, r in rows]
-    return "\n".join(out)
+    title = f"{holes} holes, seed {seed}, from {', '.join(packages)}"
+    return _markdown(title, ("minConfidence auto", "0 (show all)", "auto/0"), rows)
 
 
 def _run_confidence(args: argparse.Namespace, packages: list[str], files: list[Path]) -> int:
