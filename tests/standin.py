@@ -24,6 +24,8 @@ class ScriptedBackend:
         self.logprob = logprob
         self.model = model
         self.prompts: list[str] = []
+        self.prefills: list[int] = []
+        """The token budget of each prompt handed over to evaluate and decode ahead."""
         self.sent = 0
         """Chunks streamed so far, over all generations."""
         self.healthy = True
@@ -47,7 +49,8 @@ class ScriptedBackend:
         emit: Callable[[str], None] = lambda text: None,
         logprobs: list[float] | None = None,
     ) -> None:
-        """Nothing ahead: the reply is known."""
+        """Nothing ahead (the reply is known); the budget is remembered."""
+        self.prefills.append(prompt.max_tokens)
 
     async def aclose(self) -> None:
         self.closed = True

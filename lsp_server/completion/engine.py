@@ -137,6 +137,8 @@ class AdaptiveDebounce:
 
     PAUSE_S = 1.0
     """A longer gap between requests ends a burst of typing."""
+    STRETCH = 1.5
+    """The wait, as a multiple of the user's usual gap between keys."""
     START_S = 0.12
     MIN_S = 0.04
     MAX_S = 0.6
@@ -154,7 +156,7 @@ class AdaptiveDebounce:
         self._last = now
         if gap is not None and gap < self.PAUSE_S:
             self._gaps.append(gap)
-        wait = 1.5 * self._usual_gap() if self._gaps else self.START_S
+        wait = self.STRETCH * self._usual_gap() if self._gaps else self.START_S
         return min(self.MAX_S, max(self.MIN_S, wait))
 
     def _usual_gap(self) -> float:
@@ -175,13 +177,15 @@ class _Shown:
 
 
 class AheadBudget:
-    """Tokens to decode ahead of a request while its debounce runs (`completion.decodeAhead: auto`).
+    """When to decode the first line ahead of a request while its debounce runs (`completion.decodeAhead: auto`).
 
-    The first line, while what is decoded ahead gets used: a pause's generation serves those tokens instead of
-    decoding them. When the user keeps typing something else they are wasted CPU, so once fewer than one in
-    `USED` of the recent tokens decoded ahead were served, only the prompt is evaluated (its last token's
-    logits give the first token for free; the KV cache keeps the prompt, which the generation always uses),
-    decoding ahead again one request in `PROBE` to notice when it would pay again.
+    The prompt is evaluated at once (its last token's logits give the first token for free; the KV cache keeps
+    the prompt, which the generation always uses). The first line is decoded at once too while what is decoded
+    ahead gets used: a pause's generation serves those tokens instead of decoding them. When the user keeps
+    typing something else they are wasted CPU, so once fewer than one in `USED` of the recent tokens decoded
+    ahead were served, the line waits until the typist's usual gap between keys has passed without a key (most
+    keys of a burst come sooner; a pause does not), at once again one request in `PROBE` to notice when that
+    would pay again.
     """
 
     USED = 4
@@ -194,11 +198,11 @@ class AheadBudget:
         self._used = 0.0
         self._asked = 0
 
-    def tokens(self, line: int) -> int:
-        """Tokens for the next request's decoding ahead, given those its first line may take."""
+    def hold(self, gap: float) -> float:
+        """Seconds from the next request until its first line is decoded ahead, given the typist's usual gap."""
         self._asked += 1
         useful = self._decoded < self.WINDOW / 4 or self._used * self.USED >= self._decoded
-        return line if useful or self._asked % self.PROBE == 0 else 1
+        return 0.0 if useful or self._asked % self.PROBE == 0 else gap
 
     def decoded(self, tokens: int) -> None:
         """Tokens were decoded ahead."""
@@ -461,34 +465,10 @@ class Engine:
             return None
         delay = 0.0 if req.invoked else self._debounce(slot)
         shown = _Growing(on_partial)
-        if delay > 0 and self._settings.decode_ahead == "auto":
-            # The model is idle while the debounce runs: evaluate the prompt and decode the first line ahead,
-            # showing its words as they come (greedy tokens: the generation after the pause serves the same
-            # ones), so that when typing stops the line is partly or wholly there and the wait costs nothing.
-            ahead = replace(text_prompt, max_tokens=self._ahead.tokens(text_prompt.max_tokens))
-            decoded: list[str] = []
-            logprobs: list[float] = []
-
-            def decoded_ahead(piece: str) -> None:
-                decoded.append(piece)
-                raw = "".join(decoded)
-                if ticket != slot.seq:
-                    return
-                if "\n" in raw:  # the first line of a block, finished
-                    if judge.likely(_mean(logprobs)):
-                        shown.show(_clean(raw[: raw.rindex("\n")], ctx))
-                elif _WORD_END.search(piece) and judge.sure(logprobs):
-                    shown.show(_first_words(raw, ctx))
-
-            def done_ahead(done: Ahead) -> None:
-                self._count_prefill(done)
-                finished = done.finished and ticket == slot.seq and not ctx.multiline  # the whole line, at its stop
-                if finished and judge.likely(_mean(logprobs)):
-                    shown.show(_clean("".join(decoded), ctx))
-
-            backend.prefill(ahead, done_ahead, decoded_ahead, logprobs)
         waited = time.perf_counter()
-        await asyncio.sleep(delay)
+        if delay > 0 and self._settings.decode_ahead == "auto":
+            await self._decode_ahead(backend, text_prompt, ctx, slot, ticket, shown, judge, delay)
+        await asyncio.sleep(max(0.0, delay - (time.perf_counter() - waited)))
         timing.debounce = (time.perf_counter() - waited) * 1000
         if ticket != slot.seq:
             self.counters.supersededRequests += 1
@@ -504,6 +484,49 @@ class Engine:
         if prefetch:  # no one waits for it: its latency is not one a user saw
             return suggestion
         return self._answer(suggestion, req, started)
+
+    async def _decode_ahead(
+        self,
+        backend: Backend,
+        prompt: TextPrompt,
+        ctx: Context,
+        slot: _Slot,
+        ticket: int,
+        shown: _Growing,
+        judge: _Judge,
+        delay: float,
+    ) -> None:
+        """The model is idle while the debounce runs: evaluate the prompt and decode the first line ahead (at once,
+        or once the typist's usual gap has passed: `AheadBudget`), showing its words as they come (greedy tokens:
+        the generation after the pause serves the same ones), so that when typing stops the line is partly or
+        wholly there and the wait costs nothing."""
+        hold = self._ahead.hold(delay / AdaptiveDebounce.STRETCH)
+        if hold > 0:
+            backend.prefill(replace(prompt, max_tokens=1), self._count_prefill)  # the prompt only
+            await asyncio.sleep(hold)
+            if ticket != slot.seq:
+                return
+        decoded: list[str] = []
+        logprobs: list[float] = []
+
+        def decoded_ahead(piece: str) -> None:
+            decoded.append(piece)
+            raw = "".join(decoded)
+            if ticket != slot.seq:
+                return
+            if "\n" in raw:  # the first line of a block, finished
+                if judge.likely(_mean(logprobs)):
+                    shown.show(_clean(raw[: raw.rindex("\n")], ctx))
+            elif _WORD_END.search(piece) and judge.sure(logprobs):
+                shown.show(_first_words(raw, ctx))
+
+        def done_ahead(done: Ahead) -> None:
+            self._count_prefill(done)
+            finished = done.finished and ticket == slot.seq and not ctx.multiline  # the whole line, at its stop
+            if finished and judge.likely(_mean(logprobs)):
+                shown.show(_clean("".join(decoded), ctx))
+
+        backend.prefill(prompt, done_ahead, decoded_ahead, logprobs)
 
     async def _judge(self, backend: Backend, ctx: Context, text: str, cursor: int) -> _Judge:
         """The judge of a suggestion at `ctx`, on what the ledger says of the serving model's suggestions."""

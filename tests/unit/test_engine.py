@@ -173,12 +173,24 @@ def test_what_was_shown_is_never_taken_back() -> None:
 
 def test_decoding_ahead_backs_off_when_its_tokens_go_unused() -> None:
     budget = AheadBudget()
-    assert budget.tokens(96) == 96
+    assert budget.hold(0.2) == 0
     for _ in range(20):  # the user keeps typing something else: nothing decoded ahead is served
         budget.decoded(12)
-    asked = [budget.tokens(96) for _ in range(16)]
-    assert asked.count(1) == 14 and asked.count(96) == 2  # the prompt only, but a probe now and then
+    held = [budget.hold(0.2) for _ in range(16)]
+    assert held.count(0.2) == 14 and held.count(0) == 2  # the line waits for a pause, but a probe now and then
     for _ in range(20):  # the user pauses where the model's line is what they wanted
         budget.decoded(12)
         budget.used(12)
-    assert budget.tokens(96) == 96
+    assert budget.hold(0.2) == 0
+
+
+async def test_backed_off_the_line_is_decoded_ahead_only_once_the_usual_gap_passes_without_a_key() -> None:
+    backend = ScriptedBackend("return total")
+    eng = Engine(backend, Settings(debounce_ms=300, decode_ahead="auto"))  # type: ignore[arg-type]  # gap 200 ms
+    for _ in range(20):
+        eng._ahead.decoded(12)  # nothing decoded ahead was served
+    first = asyncio.ensure_future(eng.complete(Request("u", "x = ", 4)))
+    await asyncio.sleep(0.05)  # the next key, well within the gap
+    second = await eng.complete(Request("u", "x = 1", 5))
+    assert await first is None and second is not None
+    assert backend.prefills == [1, 1, 96]  # each prompt at once; the line only for the key followed by a pause
