@@ -184,25 +184,22 @@ class AheadBudget:
     ahead gets used: a pause's generation serves those tokens instead of decoding them. When the user keeps
     typing something else they are wasted CPU, so once fewer than one in `USED` of the recent tokens decoded
     ahead were served, the line waits until the typist's usual gap between keys has passed without a key (most
-    keys of a burst come sooner; a pause does not), at once again one request in `PROBE` to notice when that
-    would pay again.
+    keys of a burst come sooner; a pause does not). What is then decoded ahead is mostly used, so the usage
+    climbs back and says by itself when decoding at once would pay again.
     """
 
     USED = 4
-    PROBE = 8
     WINDOW = 256
     """Tokens decoded ahead that the usage is judged on (older ones count less and less)."""
 
     def __init__(self) -> None:
         self._decoded = 0.0
         self._used = 0.0
-        self._asked = 0
 
     def hold(self, gap: float) -> float:
         """Seconds from the next request until its first line is decoded ahead, given the typist's usual gap."""
-        self._asked += 1
         useful = self._decoded < self.WINDOW / 4 or self._used * self.USED >= self._decoded
-        return 0.0 if useful or self._asked % self.PROBE == 0 else gap
+        return 0.0 if useful else gap
 
     def decoded(self, tokens: int) -> None:
         """Tokens were decoded ahead."""
