@@ -3,13 +3,14 @@ Ollama, `llama_cpp.server`) through the OpenAI one."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
-from lsp_server.backends import BackendError, TextPrompt, Usage
+from lsp_server.backends import Ahead, BackendError, TextPrompt, Usage
 from lsp_server.backends.openai_compat import OpenAICompatBackend, capped_tokens
 from lsp_server.completion.prompt import FimTemplate
 
@@ -21,6 +22,9 @@ SERVER_FIM = FimTemplate("llama-server", "", "", "")
 """The server lays out fill-in-the-middle with its model's own tokens: prompts go as parts (`Infill`)."""
 MULTILINE_PREDICT_MS = 2500
 """llama-server's `t_max_predict_ms` for a block: past it, generation ends at the next line's end."""
+TYPED_SINCE_WARMED = 256
+"""Characters a prompt may have lost from the end of the last one warmed and still count as warm: what was typed
+since is evaluated by the request at the pause, the rest is in the server's cache."""
 
 
 class EndpointBackend(OpenAICompatBackend):
@@ -28,7 +32,8 @@ class EndpointBackend(OpenAICompatBackend):
 
     llama-server's `/infill` applies the model's FIM tokens (context chunks in `input_extra`); a model without
     them gets `/completion`. Both keep the prompt cached (`cache_prompt`) and leave the slot to the server, which
-    gives each request the slot whose cached prompt shares the most with it.
+    gives each request the slot whose cached prompt shares the most with it. While the user types, the server
+    evaluates the prompt ahead, once per window (`prefill`).
     """
 
     def __init__(self, *, base_url: str, kind: Kind, api_key: str | None, user: str, timeout_s: float = 60.0) -> None:
@@ -51,6 +56,9 @@ class EndpointBackend(OpenAICompatBackend):
         path = parts.path.rstrip("/")
         self._root = urlunsplit(parts._replace(path=path.removesuffix("/v1"), query="", fragment=""))
         """The server's URL without the OpenAI API's `/v1`, where llama-server's own endpoints are."""
+        self._warmed = ""
+        """The beginning of the last prompt the server was asked to evaluate ahead (`_head`)."""
+        self._warming: asyncio.Task[None] | None = None
 
     async def template(self) -> FimTemplate | None:
         """llama-server: FIM laid out by the server when its model has the tokens; otherwise the name's family."""
@@ -94,6 +102,50 @@ class EndpointBackend(OpenAICompatBackend):
         path = str(props.get("model_path") or "")
         return str(props.get("model_alias") or path.rsplit("/", 1)[-1] or "llama-server")
 
+    def prefill(
+        self,
+        prompt: TextPrompt,
+        done: Callable[[Ahead], None],
+        emit: Callable[[str], None] = lambda text: None,
+        logprobs: list[float] | None = None,
+    ) -> None:
+        """llama-server: have the server evaluate a prompt whose beginning it has not been given yet (a file just
+        opened, a window that moved, another place), generating nothing, so that the request at the pause finds
+        it in the slot's cache and evaluates only what was typed since. Once per window, not per key: the server
+        is shared. Other servers: nothing (their caches are their own business)."""
+        head = self._head(prompt)
+        cached = bool(self._warmed) and head.startswith(self._warmed[: len(self._warmed) - TYPED_SINCE_WARMED])
+        if self.kind != "llama-server" or cached:
+            return
+        self._warmed = head
+        path, body = native_request(prompt, self._fim)
+
+        async def warm() -> None:
+            try:
+                reply = await self._call("post", path, {**body, "n_predict": 0, "stream": False})
+            except openai.APIError:  # the request at the pause meets the same failure and reports it
+                self._warmed = ""
+                return
+            timings = reply.get("timings") if isinstance(reply, dict) else None
+            evaluated = timings.get("prompt_n") if isinstance(timings, dict) else None
+            done(Ahead(evaluated if isinstance(evaluated, int) else 0, 0))
+
+        self._warming = asyncio.ensure_future(warm())
+
+    def _head(self, prompt: TextPrompt) -> str:
+        """What of a prompt the server's cache keeps from one key to the next: all of it but what follows the
+        cursor (for `/infill` the context chunks, then the prefix)."""
+        infill = prompt.infill
+        if infill is None or not self._fim:
+            return prompt.text
+        return "".join(f"{name}\n{text}\n" for name, text in infill.extra) + infill.prefix
+
+    async def aclose(self) -> None:
+        """Stop evaluating ahead and close the connections."""
+        if self._warming is not None:
+            self._warming.cancel()
+        await super().aclose()
+
     async def _call(self, method: Literal["get", "post"], path: str, body: dict[str, Any] | None = None) -> Any:
         """One JSON request to llama-server's own API."""
         client = self._client
@@ -107,9 +159,17 @@ class EndpointBackend(OpenAICompatBackend):
         if self.kind != "llama-server":
             return super()._open_text(client, prompt)
         path, body = native_request(prompt, self._fim)
-        return client.post(
-            self._root + path, cast_to=object, body=body, stream=True, stream_cls=openai.AsyncStream[object]
-        )
+        warming = self._warming
+
+        async def open_stream() -> Any:
+            if warming is not None and not warming.done() and self._head(prompt).startswith(self._warmed):
+                # The server is evaluating this very prompt: sent now, the request would take another slot, cold.
+                await asyncio.shield(warming)
+            return await client.post(
+                self._root + path, cast_to=object, body=body, stream=True, stream_cls=openai.AsyncStream[object]
+            )
+
+        return open_stream()
 
     def _read_text(self, chunk: Any) -> tuple[str, bool, Usage | None]:
         """A llama-server event: its text, whether it is the last, and (the last) the tokens counted."""

@@ -4,6 +4,7 @@ that shows the HTTP side."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,30 @@ async def test_a_superseded_completion_closes_its_stream_at_llama_server(
     assert counters["cancelledGenerations"] == 1 and counters["errors"] == 0 and client.messages == []
     rows = await recorded(client, tmp_path)
     assert (rows[0]["backend"], rows[0]["outcome"]) == ("endpoint", "cancelled")
+
+
+async def test_typing_has_llama_server_evaluate_the_prompt_ahead_once_per_window(
+    start: Start, server: FaultProxy, tmp_path: Path
+) -> None:
+    client = await start(server.url, debounceMs=300)  # while the debounce runs, the prompt is evaluated ahead
+    await until(lambda: ready(client))
+    text = "".join(f"def f{i}(a, b):\n    return a * {i} + b\n\n\n" for i in range(40)) + "def add(a, b):\n    "
+    open_doc(client, text)
+    answers = []
+    for version, key in enumerate("ret", start=2):  # three keys, well within the debounce
+        insert(client, version, end_of(text), key, URI)
+        text += key
+        answers.append(ask(client, text, invoked=False))
+    await asyncio.gather(*answers)
+
+    warmed = [seen for seen in server.state.seen if seen.body.get("n_predict") == 0 and "prompt" in seen.body]
+    assert len(warmed) == 1  # at the first key only: the next ones share its window
+    assert not warmed[0].body["stream"] and text.startswith(warmed[0].body["prompt"])
+    [request] = completions(server)
+    assert request.body["prompt"].endswith("    ret") and request.at > warmed[0].at
+    [row] = await recorded(client, tmp_path)
+    # The request at the pause found the prompt in the slot's cache: only what was typed since was evaluated.
+    assert row["prompt_tokens"] > 400 and row["prompt_tokens"] - row["cached_tokens"] <= 8
 
 
 @pytest.mark.parametrize(
