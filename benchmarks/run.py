@@ -240,6 +240,18 @@ def typing_rows(replayed: list[Replayed], label: str, verdicts: bool) -> list[Ro
                     "",
                 )
             )
+            both = [(a.first_ms, b.first_ms) for a, b in zip(ours, theirs, strict=True) if a.shown and b.shown]
+            if both:
+                a, b = [x for x, _ in both], [y for _, y in both]
+                rows.append(
+                    (
+                        f"first visible ghost text p50, only pauses where both showed some ({len(both)}) — {where}",
+                        f"{_p(a, 0.5):.0f} ms",
+                        f"{_p(b, 0.5):.0f} ms",
+                        f"{_p(a, 0.5) / _p(b, 0.5):.2f}x",
+                        "",
+                    )
+                )
             rows.append(
                 (
                     f"pauses (with ghost text) — {where}",

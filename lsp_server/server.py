@@ -202,8 +202,8 @@ class TandemProtocol(LanguageServerProtocol):
                 if (edit := _apply(doc, change, self._server.encoding, track)) is not None:
                     tracked.append(edit)
                 if isinstance(change, types.TextDocumentContentChangePartial):
-                    start, end = _span(change.range)
-                    self._server.recent.edited(doc.uri, start[0], end[0] - start[0], change.text.count("\n"))
+                    first, last = change.range.start.line, change.range.end.line
+                    self._server.recent.edited(doc.uri, first, last - first, change.text.count("\n"))
             except PositionError as exc:  # rejects only itself: the valid changes of the batch apply
                 self._server.report_once(f"bad change to {doc.uri}: {exc}; that change was left out")
         doc.version = version

@@ -19,9 +19,11 @@ class ScriptedBackend:
     name = "local"
     loads_model = True
 
-    def __init__(self, reply: str, model: str = "scripted", logprob: float | None = None) -> None:
+    def __init__(self, reply: str, model: str = "scripted", logprob: float | None = None, ahead: bool = False) -> None:
         self.reply = reply
         self.logprob = logprob
+        self.ahead = ahead
+        """Whether a prompt handed over with a budget is decoded ahead, its first line written whole."""
         self.model = model
         self.prompts: list[str] = []
         self.prefills: list[int] = []
@@ -49,8 +51,20 @@ class ScriptedBackend:
         emit: Callable[[str], None] = lambda text: None,
         logprobs: list[float] | None = None,
     ) -> None:
-        """Nothing ahead (the reply is known); the budget is remembered."""
+        """The budget is remembered; with `ahead`, the reply's first line is written, a word per token."""
         self.prefills.append(prompt.max_tokens)
+        if not self.ahead or prompt.max_tokens <= 1:
+            return
+        words = self.reply.split("\n")[0].split(" ")
+
+        def decode() -> None:
+            for word in words:
+                if logprobs is not None and self.logprob is not None:
+                    logprobs.append(self.logprob)
+                emit(word + " ")
+            done(Ahead(evaluated=1, decoded=len(words), finished=True))
+
+        asyncio.get_running_loop().call_soon(decode)
 
     async def aclose(self) -> None:
         self.closed = True

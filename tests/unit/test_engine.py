@@ -191,8 +191,68 @@ async def test_backed_off_the_line_is_decoded_ahead_only_once_the_usual_gap_pass
     eng = Engine(backend, Settings(debounce_ms=300, decode_ahead="auto"))  # type: ignore[arg-type]  # gap 200 ms
     for _ in range(20):
         eng._ahead.decoded(12)  # nothing decoded ahead was served
-    first = asyncio.ensure_future(eng.complete(Request("u", "x = ", 4)))
+    first = asyncio.ensure_future(eng.complete(Request("u", "x = t", 5)))
     await asyncio.sleep(0.05)  # the next key, well within the gap
-    second = await eng.complete(Request("u", "x = 1", 5))
+    second = await eng.complete(Request("u", "x = to", 6))
     assert await first is None and second is not None
     assert backend.prefills == [1, 1, 96]  # each prompt at once; the line only for the key followed by a pause
+
+
+async def test_backed_off_a_key_this_user_pauses_at_has_its_line_decoded_at_once() -> None:
+    backend = ScriptedBackend("total")
+    eng = Engine(backend, Settings(debounce_ms=300, decode_ahead="auto"))  # type: ignore[arg-type]
+    for _ in range(20):
+        eng._ahead.decoded(12)  # nothing decoded ahead was served
+    answer = asyncio.ensure_future(eng.complete(Request("u", "return self.", 12)))
+    await asyncio.sleep(0.05)  # well within the usual gap of 200 ms
+    assert backend.prefills == [96]  # after a dot, the line at once, not the prompt alone
+    assert await answer is not None
+
+
+async def test_a_pause_is_learned_from_the_next_key_in_whichever_document_it_comes() -> None:
+    backend = ScriptedBackend("total")
+    eng = Engine(backend, Settings(debounce_ms=50, decode_ahead="auto"))  # type: ignore[arg-type]
+    for _ in range(20):
+        eng._ahead.decoded(12)  # nothing decoded ahead was served
+    assert await eng.complete(Request("a.py", "x = ab", 6)) is not None  # within a word: the line waited
+    assert backend.prefills == [1, 96]
+    answer = asyncio.ensure_future(eng.complete(Request("b.py", "y = cd", 6)))  # the next key, after a pause
+    await asyncio.sleep(0.01)
+    assert backend.prefills == [1, 96, 96]  # this user pauses within words: the line at once
+    assert await answer is not None
+
+
+async def test_a_line_decoded_ahead_that_is_not_worth_showing_is_answered_without_waiting_or_generating() -> None:
+    backend = ScriptedBackend("total", logprob=-4.0, ahead=True)  # a line the model is unsure of
+    eng = Engine(backend, Settings(debounce_ms=60_000, decode_ahead="auto"))  # type: ignore[arg-type]
+    answer = await asyncio.wait_for(eng.complete(Request("u", "x = ", 4)), 30)  # not after the minute's wait
+    assert answer is None and backend.prompts == []
+    assert (eng.counters.generations, eng.counters.lowConfidence) == (0, 1)
+
+
+async def test_a_line_decoded_ahead_that_is_worth_showing_is_still_served_by_the_generation() -> None:
+    backend = ScriptedBackend("total", logprob=-0.01, ahead=True)
+    eng = Engine(backend, Settings(debounce_ms=50, decode_ahead="auto"))  # type: ignore[arg-type]
+    shown: list[str] = []
+    answer = await eng.complete(Request("u", "x = ", 4), shown.append)
+    assert shown == ["total"] and answer is not None and answer.text == "total"
+    assert eng.counters.generations == 1  # recorded in the ledger as every suggestion shown
+
+
+def test_the_keys_a_user_pauses_at_are_learned_from_their_typing() -> None:
+    budget = AheadBudget()
+    for _ in range(20):
+        budget.decoded(12)  # backed off: the line waits for the gap unless a pause is likely
+    assert (budget.hold(0.2, "."), budget.hold(0.2, "a")) == (0, 0.2)  # the prior: a dot, not a word
+    for _ in range(8):  # this user types on after dots, and pauses within words
+        budget.typed(".", paused=False)
+        budget.typed("a", paused=True)
+        budget.typed("a", paused=False)
+    assert (budget.hold(0.2, "."), budget.hold(0.2, "a")) == (0.2, 0)
+
+
+def test_a_key_is_known_by_what_it_leaves_before_the_cursor() -> None:
+    from lsp_server.completion.engine import key_kind
+
+    kinds = [key_kind(text) for text in ("self.", "x = ", "foo(a, ", "name", "if x:\n    ", "", "s = «", "π")]
+    assert kinds == [".", "= ", ", ", "a", ":\n", "", "?", "a"]
