@@ -130,7 +130,7 @@ class Counters:
 class AdaptiveDebounce:
     """How long to wait before a request may start the model, from the user's typing rhythm.
 
-    While typing, the wait stretches half again past the user's usual gap between keys (their 90th
+    While typing, the wait stretches to twice the user's usual gap between keys (their 90th
     percentile), so a generation starts only once the typing stops; a slow typist waits longer,
     a fast one less. The first key after a pause waits as long: it is usually followed by more,
     and a generation started for it costs the one that matters its CPU (measured in the benchmark).
@@ -138,7 +138,7 @@ class AdaptiveDebounce:
 
     PAUSE_S = 1.0
     """A longer gap between requests ends a burst of typing."""
-    STRETCH = 1.5
+    STRETCH = 2.0
     """The wait, as a multiple of the user's usual gap between keys."""
     START_S = 0.12
     MIN_S = 0.04

@@ -23,9 +23,9 @@ def engine(reply: str, **settings: object) -> tuple[Engine, ScriptedBackend]:
     [
         pytest.param([], 0.12, id="first-request"),
         pytest.param([2.0], 0.12, id="a-pause-is-not-a-typing-gap"),
-        pytest.param([0.1, 0.1, 0.1], 0.15, id="steady-typing-waits-past-the-usual-gap"),
-        pytest.param([0.05, 0.15, 0.08, 0.12, 0.1], 0.225, id="irregular-typing-waits-past-the-slow-gaps"),
-        pytest.param([0.1, 0.1, 0.1, 3.0], 0.15, id="after-a-pause-the-rhythm-is-remembered"),
+        pytest.param([0.1, 0.1, 0.1], 0.2, id="steady-typing-waits-past-the-usual-gap"),
+        pytest.param([0.05, 0.15, 0.08, 0.12, 0.1], 0.3, id="irregular-typing-waits-past-the-slow-gaps"),
+        pytest.param([0.1, 0.1, 0.1, 3.0], 0.2, id="after-a-pause-the-rhythm-is-remembered"),
         pytest.param([0.02, 0.02, 0.02], 0.04, id="very-fast-typing-has-a-floor"),
         pytest.param([0.8, 0.8, 0.8], 0.6, id="slow-typing-has-a-ceiling"),
     ],
