@@ -209,7 +209,7 @@ class AheadBudget:
         self._pauses: dict[str, tuple[float, float]] = {}
         """Per kind of key: the pauses that followed one, and the keys."""
 
-    def hold(self, gap: float, kind: str = "") -> float:
+    def hold(self, gap: float, kind: str) -> float:
         """Seconds from the next request until its first line is decoded ahead, given the typist's usual gap and
         the kind of the key that made it."""
         useful = self._decoded < self.WINDOW / 4 or self._used * self.USED >= self._decoded
@@ -499,10 +499,10 @@ class Engine:
             settled = await self._decode_ahead(backend, text_prompt, ctx, slot, ticket, shown, judge, delay)
         if settled is not None:
             await asyncio.wait([settled], timeout=max(0.0, delay - (time.perf_counter() - waited)))
-        if settled is not None and settled.done() and settled.result() and ticket == slot.seq:
-            # The line is written and none of it is worth showing: a generation would write the very same.
-            self.counters.lowConfidence += settled.result() == "unlikely"
-            return None
+            if settled.done() and settled.result() and ticket == slot.seq:
+                # The line is written and none of it is worth showing: a generation would write the very same.
+                self.counters.lowConfidence += settled.result() == "unlikely"
+                return None
         await asyncio.sleep(max(0.0, delay - (time.perf_counter() - waited)))
         timing.debounce = (time.perf_counter() - waited) * 1000
         if ticket != slot.seq:
