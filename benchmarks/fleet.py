@@ -8,8 +8,10 @@
 
     python benchmarks/fleet.py [--users 1,4,16] [--pauses 2] [--parallel 4] [--model PATH] [--markdown FILE]
 
-Each typist types real code (a module of the standard library, one per typist in turn) at 7-20 keys a second and
-pauses at the places people pause; what is measured is the time from the end of a pause to its ghost text.
+Each typist opens a file of real code (a module of the standard library, one per typist in turn), and their editor
+asks once where the cursor lands (as in the latency bench: the engine sees the file's prompt); then everyone types at
+7-20 keys a second at once and pauses at the places people pause. What is measured, from that moment, is the time
+from the end of a pause to its ghost text, the engines' CPU and what the typing cost them.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ async def _user(index: int, endpoint: str, pauses: int, go: asyncio.Event, ready
     session.open(opening)
     if (model := await session.model())["state"] != "ready":
         raise RuntimeError(f"user {index}: the endpoint is not ready: {model}")
+    await session.keystroke("")  # the editor asks once where the cursor lands, as in the latency bench
+    opened = (await session.command("tandem.status"))["counters"]
     ready.append(index)
     await go.wait()
     rng = random.Random(100 + index)
@@ -145,7 +149,8 @@ async def _user(index: int, endpoint: str, pauses: int, go: asyncio.Event, ready
         user.pauses.append(pause)
         paused_at = None
         await asyncio.sleep(rng.uniform(0.3, 1.0))  # reading the suggestion, or not
-    user.counters = (await session.command("tandem.status"))["counters"]
+    counters = (await session.command("tandem.status"))["counters"]
+    user.counters = {name: value - opened[name] for name, value in counters.items()}  # the typing alone
     await session.stop()
     return user
 
@@ -247,9 +252,16 @@ class Engine:
 
     def run(self, users: int, pauses: int, folder: Path) -> Result:
         """One crowd against the engine."""
-        before = cpu_seconds(self.pids)
-        results, _, seconds = asyncio.run(crowd(self.url, users, pauses, folder))
-        return Result.of(results, seconds, cpu_seconds(self.pids) - before)
+
+        async def measured() -> tuple[list[User], float, float]:
+            typing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(crowd(self.url, users, pauses, folder, typing))
+            await typing
+            before = cpu_seconds(self.pids)
+            results, _, seconds = await task
+            return results, seconds, cpu_seconds(self.pids) - before
+
+        return Result.of(*asyncio.run(measured()))
 
 
 def _replica_args(parallel: int, threads: int) -> list[str]:
@@ -345,27 +357,28 @@ def _target(name: str, results: dict[int, Result], baseline: dict[int, Result]) 
 
 
 def fault_rows(binary: Path, model: Path, users: int, pauses: int, parallel: int, folder: Path) -> list[Row]:
-    """Two replicas behind nginx; one is killed once everyone has typed for a while."""
+    """Two replicas behind nginx; the one serving the most users is killed once everyone has typed a while."""
     folder.mkdir(parents=True, exist_ok=True)
     with replicas(binary, model, 2, parallel, folder) as servers:
         nginx = Nginx([f"127.0.0.1:{s.port}" for s in servers], folder)
         try:
 
-            async def run() -> tuple[list[User], float]:
+            async def run() -> tuple[list[User], float, str]:
                 typing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 task = asyncio.ensure_future(crowd(nginx.url, users, pauses, folder, typing))
                 await typing
-                await asyncio.sleep(pauses * 2.0)  # a few pauses each, then the first replica dies
-                servers[0].process.kill()
+                await asyncio.sleep(pauses * 2.0)  # a few pauses each, then the replica with the most users dies
+                homes = [order[0] for order in nginx.served_by().values()]
+                victim = max(servers, key=lambda s: homes.count(f"127.0.0.1:{s.port}"))
+                victim.process.kill()
                 killed = now_ms()
                 results, _, _ = await task
-                return results, killed
+                return results, killed, f"127.0.0.1:{victim.port}"
 
-            results, killed = asyncio.run(run())
+            results, killed, dead = asyncio.run(run())
             served = nginx.served_by()
         finally:
             nginx.stop()
-    dead = f"127.0.0.1:{servers[0].port}"
     # Its users: those nginx sent to the killed replica before it died.
     moved = [i for i in range(users) if served.get(f"typist{i}", [""])[0] == dead]
     back: list[float | None] = []
@@ -442,8 +455,9 @@ def rows(
         table += [(f"{name}, {n} typist{'s' * (n > 1)}", r.value(), targets.get(n, "")) for n, r in results.items()]
     if affinity_row:
         table.append(affinity_row)
-    if fault:
-        table += fault_rows(binary, model, max(users), max(pauses, 6), parallel, folder / "fault")
+    for n in users if fault else ():
+        if n > 1:
+            table += fault_rows(binary, model, n, max(pauses, 6), parallel, folder / f"fault-{n}")
     return table
 
 

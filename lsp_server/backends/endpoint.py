@@ -36,6 +36,8 @@ class EndpointBackend(OpenAICompatBackend):
     evaluates the prompt ahead, once per window (`prefill`).
     """
 
+    resumes = True
+
     def __init__(self, *, base_url: str, kind: Kind, api_key: str | None, user: str, timeout_s: float = 60.0) -> None:
         super().__init__(
             model="",

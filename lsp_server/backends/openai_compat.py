@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -37,6 +38,10 @@ class OpenAICompatBackend:
     """Streams chat and raw completions from an OpenAI-compatible server, with retries."""
 
     loads_model = False
+    resumes = False
+    """A raw completion whose connection drops after some text is asked to go on from there (that text appended to
+    its prompt): right for a team's engine behind a balancer, which sends it to a live replica; not for the cloud,
+    where the prompt would be billed again."""
 
     def __init__(
         self,
@@ -112,7 +117,12 @@ class OpenAICompatBackend:
             prompt = render_chat(prompt, None)
         text = prompt
         return self._stream(
-            lambda client: self._open_text(client, text), self._read_text, len(text.text), cancel, report
+            lambda client, received: self._open_text(client, continued(text, received)),
+            self._read_text,
+            len(text.text),
+            cancel,
+            report,
+            continues=True,
         )
 
     def _open_text(self, client: openai.AsyncOpenAI, prompt: TextPrompt) -> Awaitable[Any]:
@@ -122,6 +132,7 @@ class OpenAICompatBackend:
             prompt=prompt.text,
             max_tokens=capped_tokens(prompt),
             stop=list(prompt.stop[:4]) or None,  # the API takes at most four
+            temperature=0,  # greedy, as the in-process model
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -131,7 +142,7 @@ class OpenAICompatBackend:
         return (*_completion_text(chunk), _usage(chunk))
 
     def _chat(self, prompt: ChatPrompt, cancel: threading.Event, report: Generation) -> AsyncGenerator[str, None]:
-        def open_stream(client: openai.AsyncOpenAI) -> Awaitable[Any]:
+        def open_stream(client: openai.AsyncOpenAI, received: str) -> Awaitable[Any]:
             return client.chat.completions.create(
                 model=self.model,
                 messages=cast(list[ChatCompletionMessageParam], prompt.messages),
@@ -176,14 +187,17 @@ class OpenAICompatBackend:
 
     async def _stream(
         self,
-        open_stream: Callable[[openai.AsyncOpenAI], Awaitable[Any]],
+        open_stream: Callable[[openai.AsyncOpenAI, str], Awaitable[Any]],
         read: Callable[[Any], tuple[str, bool, Usage | None]],
         prompt_chars: int,
         cancel: threading.Event,
         report: Generation,
+        continues: bool = False,
     ) -> AsyncGenerator[str, None]:
+        """`open_stream(client, received)` opens the reply; `continues`: given the text received so far, it opens one
+        that goes on from there."""
         started = time.monotonic()
-        sent = 0
+        received = ""
         usage: Usage | None = None
         # Once the server has the request its tokens cost money, whether or not the reply arrives.
         billable = False
@@ -197,7 +211,7 @@ class OpenAICompatBackend:
             while not cancel.is_set():
                 stream: Any = None
                 try:
-                    stream = await _unless_cancelled(open_stream(client), cancel)
+                    stream = await _unless_cancelled(open_stream(client, received), cancel)
                     billable = True
                     if stream is _CANCELLED:
                         break
@@ -215,7 +229,7 @@ class OpenAICompatBackend:
                         if text:
                             if report.first_token_s is None:
                                 report.first_token_s = time.monotonic() - started
-                            sent += len(text)
+                            received += text
                             yield text
                     else:
                         if chunks == 0:
@@ -224,8 +238,10 @@ class OpenAICompatBackend:
                             raise BackendError(f"the reply from {self.base_url} broke off mid-stream")
                     break
                 except (openai.APIError, json.JSONDecodeError) as exc:
-                    error, delay = self._classify(exc, mid_stream=sent > 0)
-                    if sent or delay is None or attempt >= self._max_retries:
+                    error, delay = self._classify(exc, mid_stream=bool(received))
+                    dropped = isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
+                    resumable = self.resumes and continues and dropped
+                    if (received and not resumable) or delay is None or attempt >= self._max_retries:
                         raise error from exc
                     attempt += 1
                     if await _unless_cancelled(asyncio.sleep(delay or _backoff(attempt)), cancel) is _CANCELLED:
@@ -242,7 +258,7 @@ class OpenAICompatBackend:
             if usage is None and billable:
                 usage = Usage(
                     prompt_tokens=math.ceil(prompt_chars / CHARS_PER_TOKEN),
-                    completion_tokens=math.ceil(sent / CHARS_PER_TOKEN),
+                    completion_tokens=math.ceil(len(received) / CHARS_PER_TOKEN),
                     estimated=True,
                 )
             report.usage = usage or Usage()
@@ -276,6 +292,14 @@ class OpenAICompatBackend:
                 return BackendError(f"{url} {what}"), wait or 0.0
             return BackendError(f"{url} refused the request (HTTP {status}): {exc.message[:200]}"), None
         return BackendError(f"{url} reported an error: {exc}"[:300]), None
+
+
+def continued(prompt: TextPrompt, received: str) -> TextPrompt:
+    """`prompt` with the first part of its reply written after it, for the rest of the reply."""
+    if not received:
+        return prompt
+    infill = prompt.infill and replace(prompt.infill, prefix=prompt.infill.prefix + received)
+    return replace(prompt, text=prompt.text + received, infill=infill)
 
 
 def capped_tokens(prompt: TextPrompt) -> int:

@@ -11,6 +11,7 @@ import pytest
 from loopback import Fault, FaultProxy, free_port
 
 from lsp_server.backends import BackendError, ChatPrompt, Generation, TextPrompt, Usage
+from lsp_server.backends.endpoint import EndpointBackend
 from lsp_server.backends.openai_compat import OpenAICompatBackend
 from lsp_server.context import CHARS_PER_TOKEN
 
@@ -170,6 +171,20 @@ async def test_no_retry_once_text_has_streamed(proxy: FaultProxy, kind: str, exp
             received.append(chunk)
     assert received
     assert len(proxy.state.seen) == 1
+
+
+async def test_a_team_endpoint_goes_on_with_a_reply_that_broke_off(proxy: FaultProxy) -> None:
+    # A replica that dies mid-reply: the balancer sends the request on to another, asked to go on from what came.
+    prompt = TextPrompt("def add(a, b):\n", max_tokens=24, stop=("\n\n",))
+    proxy.reset(Fault("drop", times=1, after_events=3))
+    b = EndpointBackend(base_url=proxy.url, kind="openai", api_key=None, user="typist", timeout_s=30.0)
+    reply = "".join([c async for c in b.stream(prompt, threading.Event(), Generation())])
+    first, second = proxy.state.seen
+    assert first.body["prompt"] == prompt.text and second.body["prompt"].startswith(prompt.text)
+    came = second.body["prompt"].removeprefix(prompt.text)
+    assert came and reply.startswith(came) and len(reply) > len(came)
+    assert first.body["temperature"] == 0  # greedy, as the in-process model
+    assert b.healthy
 
 
 async def test_cancel_closes_the_stream_within_one_chunk(proxy: FaultProxy) -> None:
