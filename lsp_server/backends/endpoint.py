@@ -174,14 +174,14 @@ class EndpointBackend(OpenAICompatBackend):
         return open_stream()
 
     def _read_text(self, chunk: Any) -> tuple[str, bool, Usage | None]:
-        """A llama-server event: its text, whether it is the last, and (the last) the tokens counted."""
+        """A llama-server event: its text, whether it is the last, and the tokens counted so far."""
         if self.kind != "llama-server" or not isinstance(chunk, dict):
             return super()._read_text(chunk)
         text = chunk.get("content")
         done = chunk.get("stop") is True
         timings = chunk.get("timings") or {}
         usage = None
-        if done and isinstance(timings.get("prompt_n"), int):
+        if isinstance(timings.get("prompt_n"), int):  # in every event (`timings_per_token`): a reply closed early too
             cached = int(timings.get("cache_n") or 0)
             predicted = chunk.get("tokens_predicted", timings.get("predicted_n", 0))
             usage = Usage(timings["prompt_n"] + cached, int(predicted), cached)
@@ -196,6 +196,7 @@ def native_request(prompt: TextPrompt, fim: bool) -> tuple[str, dict[str, Any]]:
         "cache_prompt": True,
         "top_k": 1,  # greedy, as the in-process model
         "stop": list(prompt.stop),
+        "timings_per_token": True,
     }
     infill = prompt.infill
     if infill is not None and "\n" not in prompt.stop:

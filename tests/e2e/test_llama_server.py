@@ -154,6 +154,9 @@ async def test_a_superseded_completion_closes_its_stream_at_llama_server(
     assert counters["cancelledGenerations"] == 1 and counters["errors"] == 0 and client.messages == []
     rows = await recorded(client, tmp_path)
     assert (rows[0]["backend"], rows[0]["outcome"]) == ("endpoint", "cancelled")
+    # Counted by the server up to the close (its timings come with every event), not estimated from the prompt.
+    assert old.body["timings_per_token"] is True
+    assert rows[0]["prompt_tokens"] > 0 and not rows[0]["estimated"]
 
 
 async def test_typing_has_llama_server_evaluate_the_prompt_ahead_once_per_window(
