@@ -8,11 +8,11 @@ import pytest
 
 from lsp_server.backends import Infill, TextPrompt
 from lsp_server.backends.endpoint import MULTILINE_PREDICT_MS, native_request
-from lsp_server.backends.openai_compat import LINE_MAX_TOKENS
+from lsp_server.backends.openai_compat import LINE_MAX_TOKENS, continued
 
 LINE = Infill("import os\n\ndef add(a, b):\n    return ", "\n\nprint(add(1, 2))\n", (("util.py", "def sub(a, b):\n"),))
 BLOCK = Infill("class A:\n    def f(self):\n        ", "\n")
-COMMON = {"stream": True, "cache_prompt": True, "top_k": 1}
+COMMON = {"stream": True, "cache_prompt": True, "top_k": 1, "timings_per_token": True}
 
 
 @pytest.mark.parametrize(
@@ -49,6 +49,21 @@ COMMON = {"stream": True, "cache_prompt": True, "top_k": 1}
                 "input_extra": [],
             },
             id="fim-block",
+        ),
+        pytest.param(
+            continued(TextPrompt("<pre>…", 96, ("\n",), LINE), "a + "),
+            True,
+            "/infill",
+            {
+                **COMMON,
+                "n_predict": LINE_MAX_TOKENS,
+                "stop": ["\n"],
+                "input_prefix": "import os\n\ndef add(a, b):\n",
+                "prompt": "    return a + ",
+                "input_suffix": "\n\nprint(add(1, 2))\n",
+                "input_extra": [{"filename": "util.py", "text": "def sub(a, b):\n"}],
+            },
+            id="fim-line-going-on-after-a-broken-reply",
         ),
         pytest.param(
             TextPrompt("import os\n\ndef add(a, b):\n    return ", 96, ("\n",), Infill(LINE.prefix)),
