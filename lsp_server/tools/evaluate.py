@@ -427,9 +427,21 @@ async def ask_server(
         ms = (time.perf_counter() - started) * 1000
         items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
         text = items[0].insert_text if items else ""
-        answers.append(Answer(text if isinstance(text, str) else text.value, ms))
+        answer = Answer(text if isinstance(text, str) else text.value, ms)
+        answers.append(answer)
         for closed in [uri, *opened]:
             client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(closed)))
+        if (
+            items
+            and items[0].command is not None
+            and answer.text.strip()
+            and _first(answer.text) == _first(hole.expected)
+        ):
+            # The user takes a suggestion whose first line is what they were about to type (the server learns what
+            # is kept from this: `completion.minConfidence`); the file is closed, so nothing is prefetched after it.
+            await client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command=items[0].command.command, arguments=items[0].command.arguments)
+            )
     await session.stop()
     return answers
 
