@@ -311,6 +311,8 @@ class Nginx:
         conf = conf.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{self.port};")
         (folder / "nginx.conf").write_text(conf)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(nginx).is_file():
+            raise RuntimeError("the replicas' balancer, nginx, is not installed (Debian: apt install nginx-light)")
         command = [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"]
         self.process = subprocess.Popen(command, stderr=(folder / "nginx.stderr").open("ab"))
         deadline = time.monotonic() + 20
