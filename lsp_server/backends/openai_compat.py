@@ -122,7 +122,7 @@ class OpenAICompatBackend:
             len(text.text),
             cancel,
             report,
-            continues=True,
+            continues=self.resumes,
         )
 
     def _open_text(self, client: openai.AsyncOpenAI, prompt: TextPrompt) -> Awaitable[Any]:
@@ -194,8 +194,8 @@ class OpenAICompatBackend:
         report: Generation,
         continues: bool = False,
     ) -> AsyncGenerator[str, None]:
-        """`open_stream(client, received)` opens the reply; `continues`: given the text received so far, it opens one
-        that goes on from there."""
+        """`open_stream(client, received)` opens the reply; `continues`: when the connection drops after some text,
+        it is opened again to go on from the text received so far."""
         started = time.monotonic()
         received = ""
         usage: Usage | None = None
@@ -240,8 +240,7 @@ class OpenAICompatBackend:
                 except (openai.APIError, json.JSONDecodeError) as exc:
                     error, delay = self._classify(exc, mid_stream=bool(received))
                     dropped = isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
-                    resumable = self.resumes and continues and dropped
-                    if (received and not resumable) or delay is None or attempt >= self._max_retries:
+                    if (received and not (continues and dropped)) or delay is None or attempt >= self._max_retries:
                         raise error from exc
                     attempt += 1
                     if await _unless_cancelled(asyncio.sleep(delay or _backoff(attempt)), cancel) is _CANCELLED:

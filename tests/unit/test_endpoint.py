@@ -13,6 +13,15 @@ from lsp_server.backends.openai_compat import LINE_MAX_TOKENS, continued
 LINE = Infill("import os\n\ndef add(a, b):\n    return ", "\n\nprint(add(1, 2))\n", (("util.py", "def sub(a, b):\n"),))
 BLOCK = Infill("class A:\n    def f(self):\n        ", "\n")
 COMMON = {"stream": True, "cache_prompt": True, "top_k": 1, "timings_per_token": True}
+FIM_LINE = {
+    **COMMON,
+    "n_predict": LINE_MAX_TOKENS,
+    "stop": ["\n"],
+    "input_prefix": "import os\n\ndef add(a, b):\n",
+    "prompt": "    return ",
+    "input_suffix": "\n\nprint(add(1, 2))\n",
+    "input_extra": [{"filename": "util.py", "text": "def sub(a, b):\n"}],
+}
 
 
 @pytest.mark.parametrize(
@@ -22,15 +31,7 @@ COMMON = {"stream": True, "cache_prompt": True, "top_k": 1, "timings_per_token":
             TextPrompt("<pre>…", 96, ("\n",), LINE),
             True,
             "/infill",
-            {
-                **COMMON,
-                "n_predict": LINE_MAX_TOKENS,
-                "stop": ["\n"],
-                "input_prefix": "import os\n\ndef add(a, b):\n",
-                "prompt": "    return ",
-                "input_suffix": "\n\nprint(add(1, 2))\n",
-                "input_extra": [{"filename": "util.py", "text": "def sub(a, b):\n"}],
-            },
+            FIM_LINE,
             id="fim-line",
         ),
         pytest.param(
@@ -54,15 +55,7 @@ COMMON = {"stream": True, "cache_prompt": True, "top_k": 1, "timings_per_token":
             continued(TextPrompt("<pre>…", 96, ("\n",), LINE), "a + "),
             True,
             "/infill",
-            {
-                **COMMON,
-                "n_predict": LINE_MAX_TOKENS,
-                "stop": ["\n"],
-                "input_prefix": "import os\n\ndef add(a, b):\n",
-                "prompt": "    return a + ",
-                "input_suffix": "\n\nprint(add(1, 2))\n",
-                "input_extra": [{"filename": "util.py", "text": "def sub(a, b):\n"}],
-            },
+            {**FIM_LINE, "prompt": "    return a + "},
             id="fim-line-going-on-after-a-broken-reply",
         ),
         pytest.param(
