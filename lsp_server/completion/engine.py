@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import PurePath
 
 from lsp_server.backends import Ahead, Backend, Generation, TextPrompt
@@ -134,6 +134,8 @@ class AdaptiveDebounce:
     percentile), so a generation starts only once the typing stops; a slow typist waits longer,
     a fast one less. The first key after a pause waits as long: it is usually followed by more,
     and a generation started for it costs the one that matters its CPU (measured in the benchmark).
+    One per user, whichever document they type in: learned per document, the first keys in each new
+    file waited the 0.12 s of a first key and started a generation at a slow typist's every gap.
     """
 
     PAUSE_S = 1.0
@@ -306,7 +308,6 @@ class _Slot:
     seq: int = 0
     cancel: threading.Event | None = None
     running: _Running | None = None
-    debounce: AdaptiveDebounce = field(default_factory=AdaptiveDebounce)
     shown: _Shown | None = None
 
     def supersede(self) -> int:
@@ -381,6 +382,8 @@ class Engine:
         self._ahead = AheadBudget()
         self._key: tuple[str, float] | None = None
         """The kind of the user's last key (in any document) and when it came, for `AheadBudget`."""
+        self._rhythm = AdaptiveDebounce()
+        """The user's typing rhythm, in whichever document they type: a new file is typed at the same pace."""
         self._wait = AdaptiveDebounce.START_S
         """The debounce the last debounced request got."""
         self.confidence = Confidence()
@@ -491,7 +494,7 @@ class Engine:
         if not self.confidence.worth_generating(judge.kind, judge.threshold):
             self.counters.lowConfidence += 1
             return None
-        delay = 0.0 if req.invoked else self._debounce(slot)
+        delay = 0.0 if req.invoked else self._debounce()
         shown = _Growing(on_partial)
         waited = time.perf_counter()
         settled = None
@@ -622,9 +625,9 @@ class Engine:
             self._ahead.typed(kind, now - at >= self._wait)
         self._key = (key_kind(req.text[: req.cursor]), now)
 
-    def _debounce(self, slot: _Slot) -> float:
+    def _debounce(self) -> float:
         fixed = self._settings.debounce_ms
-        self._wait = slot.debounce.delay(time.monotonic()) if fixed is None else fixed / 1000
+        self._wait = self._rhythm.delay(time.monotonic()) if fixed is None else fixed / 1000
         return self._wait
 
     async def _generate(

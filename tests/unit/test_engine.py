@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from lsp_server.completion.engine import AdaptiveDebounce, AheadBudget, Engine, Request, Selected
+from lsp_server.completion.engine import AdaptiveDebounce, AheadBudget, Engine, Request, Selected, Timing
 from lsp_server.config import Settings
 from tests.conftest import until
 from tests.standin import ScriptedBackend
@@ -252,3 +252,15 @@ def test_a_key_is_known_by_what_it_leaves_before_the_cursor() -> None:
 
     kinds = [key_kind(text) for text in ("self.", "x = ", "foo(a, ", "name", "if x:\n    ", "", "s = «", "π")]
     assert kinds == [".", "= ", ", ", "a", ":\n", "", "?", "a"]
+
+
+async def test_the_typing_rhythm_is_the_users_not_the_documents() -> None:
+    eng = Engine(ScriptedBackend("total"), Settings(debounce_ms=None, decode_ahead="off"))  # type: ignore[arg-type]
+    keys = []
+    for n in range(3):  # a slow typist in one file: one key every 0.3 s
+        keys.append(asyncio.ensure_future(eng.complete(Request("a.py", "x = " + "t" * n, 4 + n))))
+        await asyncio.sleep(0.3)
+    timing = Timing()
+    await eng.complete(Request("b.py", "y = ", 4), timing=timing)  # their next key, in another file
+    await asyncio.gather(*keys)
+    assert timing.debounce >= AdaptiveDebounce.MAX_S * 1000 * 0.9  # waits past their gaps, not a first key's 0.12 s
