@@ -34,6 +34,8 @@ class Infill:
     """Document after the cursor; empty for a model that completes prefixes only."""
     extra: tuple[tuple[str, str], ...] = ()
     """Context chunks from elsewhere as (file name, text), placed before the prefix."""
+    written: str = ""
+    """The reply's start, already written at the cursor: a reply that broke off goes on from it."""
 
 
 @dataclass(frozen=True)

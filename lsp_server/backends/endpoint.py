@@ -209,5 +209,9 @@ def native_request(prompt: TextPrompt, fim: bool) -> tuple[str, dict[str, Any]]:
     cut = infill.prefix.rfind("\n") + 1
     extra = [{"filename": name, "text": text} for name, text in infill.extra]
     # The cursor's line goes in `prompt`, as llama.vscode sends it; the server appends it to the prefix.
-    fields = {"input_prefix": infill.prefix[:cut], "prompt": infill.prefix[cut:], "input_suffix": infill.suffix}
+    fields = {
+        "input_prefix": infill.prefix[:cut],
+        "prompt": infill.prefix[cut:] + infill.written,
+        "input_suffix": infill.suffix,
+    }
     return "/infill", {**body, **fields, "input_extra": extra}

@@ -197,8 +197,10 @@ class OpenAICompatBackend:
         """`open_stream(client, received)` opens the reply; `continues`: when the connection drops after some text,
         it is opened again to go on from the text received so far."""
         started = time.monotonic()
-        received = ""
+        received = before = ""
         usage: Usage | None = None
+        spent = Usage()
+        """What the attempts that broke off and were continued used: each counts (a replica's tokens are spent)."""
         # Once the server has the request its tokens cost money, whether or not the reply arrives.
         billable = False
         try:
@@ -210,6 +212,7 @@ class OpenAICompatBackend:
             attempt = 0
             while not cancel.is_set():
                 stream: Any = None
+                before = received
                 try:
                     stream = await _unless_cancelled(open_stream(client, received), cancel)
                     billable = True
@@ -242,6 +245,9 @@ class OpenAICompatBackend:
                     dropped = isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
                     if (received and not (continues and dropped)) or delay is None or attempt >= self._max_retries:
                         raise error from exc
+                    if received != before:  # it goes on from there: this attempt's tokens are spent
+                        spent = _sum(spent, usage or _estimate(prompt_chars + len(before), received[len(before) :]))
+                        usage = None
                     attempt += 1
                     if await _unless_cancelled(asyncio.sleep(delay or _backoff(attempt)), cancel) is _CANCELLED:
                         break
@@ -255,12 +261,8 @@ class OpenAICompatBackend:
             report.total_s = time.monotonic() - started
             report.cancelled = cancel.is_set()
             if usage is None and billable:
-                usage = Usage(
-                    prompt_tokens=math.ceil(prompt_chars / CHARS_PER_TOKEN),
-                    completion_tokens=math.ceil(len(received) / CHARS_PER_TOKEN),
-                    estimated=True,
-                )
-            report.usage = usage or Usage()
+                usage = _estimate(prompt_chars + len(before), received[len(before) :])
+            report.usage = _sum(spent, usage or Usage())
 
     def _classify(self, exc: Exception, *, mid_stream: bool) -> tuple[BackendError, float | None]:
         """The user's message for a failure and the wait before a retry (0: backoff, None: none)."""
@@ -293,11 +295,25 @@ class OpenAICompatBackend:
         return BackendError(f"{url} reported an error: {exc}"[:300]), None
 
 
+def _estimate(prompt_chars: int, text: str) -> Usage:
+    """The tokens of a request whose usage the server did not report, from its characters."""
+    return Usage(math.ceil(prompt_chars / CHARS_PER_TOKEN), math.ceil(len(text) / CHARS_PER_TOKEN), estimated=True)
+
+
+def _sum(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        a.prompt_tokens + b.prompt_tokens,
+        a.completion_tokens + b.completion_tokens,
+        a.cached_tokens + b.cached_tokens,
+        a.estimated or b.estimated,
+    )
+
+
 def continued(prompt: TextPrompt, received: str) -> TextPrompt:
     """`prompt` with the first part of its reply written after it, for the rest of the reply."""
     if not received:
         return prompt
-    infill = prompt.infill and replace(prompt.infill, prefix=prompt.infill.prefix + received)
+    infill = prompt.infill and replace(prompt.infill, written=prompt.infill.written + received)
     return replace(prompt, text=prompt.text + received, infill=infill)
 
 

@@ -178,13 +178,16 @@ async def test_a_team_endpoint_goes_on_with_a_reply_that_broke_off(proxy: FaultP
     prompt = TextPrompt("def add(a, b):\n", max_tokens=24, stop=("\n\n",))
     proxy.reset(Fault("drop", times=1, after_events=3))
     b = EndpointBackend(base_url=proxy.url, kind="openai", api_key=None, user="typist", timeout_s=30.0)
-    reply = "".join([c async for c in b.stream(prompt, threading.Event(), Generation())])
+    report = Generation()
+    reply = "".join([c async for c in b.stream(prompt, threading.Event(), report)])
     first, second = proxy.state.seen
     assert first.body["prompt"] == prompt.text and second.body["prompt"].startswith(prompt.text)
     came = second.body["prompt"].removeprefix(prompt.text)
     assert came and reply.startswith(came) and len(reply) > len(came)
     assert first.body["temperature"] == 0  # greedy, as the in-process model
     assert b.healthy
+    # Both replicas' tokens count: the second's as it reported them, the first's (it died before reporting) estimated.
+    assert report.usage.estimated and report.usage.completion_tokens >= math.ceil(len(came) / CHARS_PER_TOKEN) + 1
 
 
 async def test_cancel_closes_the_stream_within_one_chunk(proxy: FaultProxy) -> None:

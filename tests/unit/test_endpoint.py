@@ -59,6 +59,23 @@ FIM_LINE = {
             id="fim-line-going-on-after-a-broken-reply",
         ),
         pytest.param(
+            continued(TextPrompt("<pre>…", 96, (), BLOCK), "x = 1\n        return x\n"),
+            True,
+            "/infill",
+            {
+                **COMMON,
+                "n_predict": 96,
+                "stop": [],
+                "n_indent": 8,  # the cursor's line's, not the last line that came
+                "t_max_predict_ms": MULTILINE_PREDICT_MS,
+                "input_prefix": "class A:\n    def f(self):\n",
+                "prompt": "        x = 1\n        return x\n",
+                "input_suffix": "\n",
+                "input_extra": [],
+            },
+            id="fim-block-going-on-after-a-broken-reply",
+        ),
+        pytest.param(
             TextPrompt("import os\n\ndef add(a, b):\n    return ", 96, ("\n",), Infill(LINE.prefix)),
             False,
             "/completion",
