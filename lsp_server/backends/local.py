@@ -292,9 +292,9 @@ class LocalBackend:
         if ahead.error is not None:  # the generation will report its own
             log.error("prompt evaluation ahead of a generation failed", exc_info=ahead.error)
             return
-        if ahead.evaluated or ahead.decoded:
-            finished = not ahead.interrupted and len(ahead.logprobs) < prompt.max_tokens
-            done(Ahead(ahead.evaluated, ahead.decoded, ahead.drafted, ahead.drafts_kept, finished))
+        # Reported even when the KV cache held it all (nothing evaluated or decoded): the line is written.
+        finished = not ahead.interrupted and len(ahead.logprobs) < prompt.max_tokens
+        done(Ahead(ahead.evaluated, ahead.decoded, ahead.drafted, ahead.drafts_kept, finished))
 
     # --- event loop side -------------------------------------------------
 

@@ -226,7 +226,7 @@ class AheadBudget:
 
     def _likely_pause(self, kind: str) -> bool:
         pauses, keys = self._pauses.get(kind, (0.0, 0.0))
-        prior = 1.0 if kind[:1] in self.PRONE or kind.endswith("\n") else 0.0
+        prior = 1.0 if kind[:1] in self.PRONE or "\n" in kind else 0.0
         return (pauses + prior) * self.PAUSES >= keys + 2
 
     def decoded(self, tokens: int) -> None:
@@ -776,13 +776,17 @@ def _first_words(raw: str, ctx: Context) -> str:
 
 def key_kind(before: str) -> str:
     """What a key leaves before the cursor, as far as pausing after it goes: its last non-blank character (any
-    word character as `a`, other than ASCII punctuation as `?`) and whether a space or a line end follows."""
+    word character as `a`, other than ASCII punctuation as `?`) and whether a space, a line end, or a line end
+    and the next line's indentation follow (the Enter key itself and the keys typing the indentation after it
+    are not paused at alike)."""
     last = _LAST_KEY.search(before[-200:])
     if last is None:
         return ""
     char, blank = last.groups()
     kind = "a" if char.isalnum() or char == "_" else char if char.isascii() else "?"
-    return kind + ("\n" if "\n" in blank else " " if blank else "")
+    if "\n" in blank:
+        return kind + ("\n" if blank.endswith("\n") else "\n ")
+    return kind + (" " if blank else "")
 
 
 def _line_suffix(text: str, cursor: int) -> str:

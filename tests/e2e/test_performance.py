@@ -27,6 +27,23 @@ async def _ahead(backend: LocalBackend, prompt: TextPrompt) -> Ahead:
     return await asyncio.wait_for(done.get(), 120)  # ends by itself: nothing else was asked
 
 
+async def test_a_line_the_kv_cache_already_holds_is_reported_written_when_decoded_ahead() -> None:
+    # The user types the first character the model chose: the line decoded ahead for the key before is the
+    # rest of this one, nothing is evaluated or decoded, and the engine must still hear that it is written
+    # (it shows it then; it waited out the whole debounce when this was not reported).
+    backend = LocalBackend(Settings(), lambda: str(embedded_model_path(cache_dir())))
+    await backend.start()
+    try:
+        prompt = SOURCE + "    return len(text."
+        first = await _ahead(backend, TextPrompt(prompt, 16, ("\n",)))
+        line, _ = await _line(backend, prompt)
+        assert first.finished and len(line) > 2
+        again = await _ahead(backend, TextPrompt(prompt + line[:1], 16, ("\n",)))
+        assert (again.evaluated, again.decoded, again.finished) == (0, 0, True)
+    finally:
+        backend.close()
+
+
 async def test_prompt_evaluated_and_decoded_ahead_is_what_generation_would_do() -> None:
     path = str(embedded_model_path(cache_dir()))
     ahead, fresh = LocalBackend(Settings(), lambda: path), LocalBackend(Settings(), lambda: path)

@@ -250,8 +250,8 @@ def test_the_keys_a_user_pauses_at_are_learned_from_their_typing() -> None:
 def test_a_key_is_known_by_what_it_leaves_before_the_cursor() -> None:
     from lsp_server.completion.engine import key_kind
 
-    kinds = [key_kind(text) for text in ("self.", "x = ", "foo(a, ", "name", "if x:\n    ", "", "s = «", "π")]
-    assert kinds == [".", "= ", ", ", "a", ":\n", "", "?", "a"]
+    texts = ("self.", "x = ", "foo(a, ", "name", "if x:\n", "if x:\n    ", "", "s = «", "π")
+    assert [key_kind(text) for text in texts] == [".", "= ", ", ", "a", ":\n", ":\n ", "", "?", "a"]
 
 
 async def test_the_typing_rhythm_is_the_users_not_the_documents() -> None:
