@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Literal
 
 from lsp_server.acceptance import Acceptance
@@ -104,15 +104,23 @@ class App:
         if (denied := self.router.endpoint_denied(path)) is not None:
             self._report(f"{denied} No completions in this file.", "info")
             return None
-        return await self.engine.complete(request, on_partial, timing)
+        return await self.engine.complete(self._shareable(request), on_partial, timing)
 
     def prefetch(self, request: Request, path: str) -> None:
         """Start the suggestion for `request` now (it follows one accepted whole), unless completions are off."""
         if not self.settings.enabled or self.router.endpoint_denied(path) is not None:
             return
-        task = asyncio.ensure_future(self.engine.prefetch(request))
+        task = asyncio.ensure_future(self.engine.prefetch(self._shareable(request)))
         self._prefetches.add(task)
         task.add_done_callback(self._prefetched)
+
+    def _shareable(self, request: Request) -> Request:
+        """`request` without the other files' text that must not reach the model's machine: the definitions and
+        recent edits of files the privacy rules keep home, when the model is a team endpoint elsewhere."""
+        denied = self.router.endpoint_denied
+        others = tuple((uri, text) for uri, text in request.others if denied(uri) is None)
+        recent = tuple((path, chunk) for path, chunk in request.recent if denied(chunk.uri) is None)
+        return replace(request, others=others, recent=recent)
 
     async def assist(
         self,

@@ -129,20 +129,27 @@ async def test_denied_files_never_reach_an_endpoint_on_another_machine(upstream:
     try:
         client = await start_on(remote.url)
         secret_uri = (REPO / "secrets.py").as_uri()  # matches the default privacy.cloudDeny 'secrets.*'
-        text = "DATABASE_PASSWORD = "
-        open_doc(client, text, secret_uri)
-        open_doc(client, LINE)
+        text = 'def login(password="hunter2"):\n    return password\n'
+        open_doc(client, "", secret_uri)
+        insert(client, 2, types.Position(0, 0), text, secret_uri)  # typed: an edit the recent-edit ring keeps
+        # Another file calls the secret file's function: its signature would be context, the edit a recent chunk.
+        uses = "def main():\n    login()\n    return "
+        open_doc(client, uses)
 
         assert not (await ask(client, text, secret_uri)).items
-        whole = {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": len(text)}}
+        whole = {"start": {"line": 0, "character": 0}, "end": {"line": 2, "character": 0}}
         explained = await command(client, "tandem.explain", {"uri": secret_uri, "range": whole})
         assert remote.state.seen == []
         assert explained["backend"] == "none" and explained["outcome"] == "denied"
         assert "Not sent to the team endpoint" in explained["text"] and "'secrets.*'" in explained["text"]
         shown = [m.message for m in client.messages]
         assert any("Not sent to the team endpoint" in m and "No completions in this file" in m for m in shown)
-        assert (await ask(client, LINE)).items  # other files are served by the same endpoint
-        assert [s.path for s in remote.state.seen] == ["/v1/completions"]
+        await ask(client, uses)  # other files are served by the same endpoint
+        [request] = remote.state.seen
+        assert request.path == "/v1/completions" and "login()" in request.body["prompt"]
+        assert "hunter2" not in request.body["prompt"]
+        status = await command(client, "tandem.status")
+        assert [chunk["uri"] for chunk in status["recent"]["chunks"]] == [secret_uri]  # kept for this machine
     finally:
         remote.close()
 
