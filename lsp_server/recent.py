@@ -107,6 +107,12 @@ class RecentChunks:
         """`uri` was closed: its regions become chunks while its text is known."""
         self.saved(uri, text)
 
+    def yanked(self, uri: str, text: str) -> None:
+        """The user yanked or copied `text` from `uri`: three lines or more become a chunk (its first
+        CHUNK_LINES); less is a word or a line, not context (llama.vim's rule)."""
+        lines = text.strip("\r\n").splitlines()
+        self._keep(uri, lines[:CHUNK_LINES] if len(lines) >= 3 else [])
+
     def context(self, uri: str, text: str, cursor: int, others: Mapping[str, str]) -> tuple[Chunk, ...]:
         """The chunks for a completion at `cursor` in `uri`, oldest first; `others` are other open documents' texts."""
         if self.most == 0:
@@ -141,12 +147,15 @@ class RecentChunks:
                 self._add(region, texts[region.uri])
 
     def _add(self, region: _Region, text: str) -> None:
-        if self.most == 0:
-            return
         lines = text.split("\n")
         first = max(0, region.first - _MARGIN)
         last = min(len(lines) - 1, region.last + _MARGIN, first + CHUNK_LINES - 1)
-        body = lines[first : last + 1]
+        self._keep(region.uri, lines[first : last + 1])
+
+    def _keep(self, uri: str, body: list[str]) -> None:
+        """`body`'s lines of `uri`, blank lines around them left out, as the newest chunk."""
+        if self.most == 0:
+            return
         while body and not body[-1].strip():
             body.pop()
         while body and not body[0].strip():
@@ -155,9 +164,9 @@ class RecentChunks:
             return
         chunk_text = "\n".join(body) + "\n"
         words = _words(chunk_text)
-        chunk = Chunk(region.uri, chunk_text, self._clock(), words)
+        chunk = Chunk(uri, chunk_text, self._clock(), words)
         # A chunk of the same file that shares half its words is an older state of this region.
-        kept = [c for c in self._chunks if similarity(c.words, words) <= (0.5 if c.uri == region.uri else 0.9)]
+        kept = [c for c in self._chunks if similarity(c.words, words) <= (0.5 if c.uri == uri else 0.9)]
         self.evicted += len(self._chunks) - len(kept)
         kept.append(chunk)
         self._chunks = kept[-self.most :]

@@ -42,6 +42,8 @@ ASSIST_CHUNK = "tandem/assistChunk"
 PARTIALLY_ACCEPTED = "tandem.partiallyAccepted"
 """Command: [requestId, acceptedLength], the suggestion's first acceptedLength code units (the position
 encoding's) are accepted, as the editor's accept-word or accept-line put them in the document."""
+YANKED = "tandem.yanked"
+"""Command: [uri, text], the user yanked or copied `text` from the document `uri` (the recent-edit ring keeps it)."""
 ASSIST_COMMANDS = frozenset({"tandem.explain", "tandem.debug", "tandem.refactor"})
 """The commands that ask a model about a selection (pygls cannot cancel them; tandem does)."""
 _IGNORED = "$/tandem/answeredMalformedRequest"
@@ -459,6 +461,12 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
             raise JsonRpcInvalidParams(f"{PARTIALLY_ACCEPTED} takes [requestId, acceptedLength], not {list(args)}")
         app = await ls.ready_app()
         app.accepted(args[0], _text_of(ls), args[1], ls.encoding)
+
+    @server.command(YANKED)
+    def yanked(ls: TandemServer, *args: Any) -> None:
+        if len(args) != 2 or not isinstance(args[0], str) or not isinstance(args[1], str):
+            raise JsonRpcInvalidParams(f"{YANKED} takes [uri, text], not {list(args)}")
+        ls.recent.yanked(*args)
 
     return server
 

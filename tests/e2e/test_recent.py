@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from lsprotocol import types
 
 from tests.conftest import Client, serving
@@ -68,3 +69,29 @@ async def test_a_saved_edit_of_the_same_file_is_context_above_the_window(tmp_pat
         )
         assert isinstance(result, types.InlineCompletionList) and result.items, result
         assert str(result.items[0].insert_text).startswith("parsed_rows("), result.items[0].insert_text
+
+
+@pytest.mark.parametrize("yank", [True, False])
+async def test_lines_yanked_in_a_file_only_opened_complete_a_name(tmp_path: Path, yank: bool) -> None:
+    """The function is in an open file, never edited: its name is unknown unless the user yanks its lines."""
+    whole = "import os\n\n\n" + DEFINITION  # the file, yanked whole (ggyG)
+    async with serving(tmp_path) as client:
+        open_doc(client, whole, HELPERS)
+        open_doc(client, USE, MAIN)
+        if yank:
+            command = types.ExecuteCommandParams("tandem.yanked", [HELPERS, whole])
+            await client.workspace_execute_command_async(command)
+        params = inline_params(end_position(USE, "visual-studio-code"), invoked=True, uri=MAIN)
+        result = await client.text_document_inline_completion_async(params)
+        assert isinstance(result, types.InlineCompletionList), result
+        suggestion = str(result.items[0].insert_text) if result.items else ""
+        assert suggestion.startswith("quarterly_ledgers(") == yank, suggestion
+        chunks = (await status(client))["recent"]["chunks"]
+        assert chunks == ([{"uri": HELPERS, "lines": 5}] if yank else [])
+
+
+async def test_a_yank_report_that_is_not_uri_and_text_is_refused_clearly(tmp_path: Path) -> None:
+    async with serving(tmp_path) as client:
+        with pytest.raises(Exception, match=r"tandem.yanked takes \[uri, text\]"):
+            await client.workspace_execute_command_async(types.ExecuteCommandParams("tandem.yanked", [HELPERS]))
+        assert (await status(client))["recent"]["chunks"] == []

@@ -195,6 +195,12 @@ def test_explain_streams_into_a_markdown_split_and_closing_it_cancels(nvim: dict
     assert any(re.fullmatch(r"\*local · .+ · cancelled\*", line) for line in final["lines"]), final["lines"]
 
 
+def test_yanked_lines_reach_the_servers_ring_and_a_yanked_word_does_not(nvim: dict[str, Any]) -> None:
+    before, after = nvim["ring_before"], nvim["ring_after"]
+    assert after[:-1] == list(before)  # `yiw` added nothing (an empty list comes back as {})
+    assert after[-1]["lines"] == 3 and after[-1]["uri"].endswith("/sample.py")  # `3yy`
+
+
 def test_status_command_shows_the_server_status(nvim: dict[str, Any]) -> None:
     status = nvim["status"]
     assert status["filetype"] == "markdown"

@@ -98,6 +98,20 @@ def test_closing_a_file_keeps_its_edits_and_zero_chunks_keeps_nothing() -> None:
     assert off.context(B, USER, len(USER), {A: HELPERS}) == ()
 
 
+def test_a_yank_of_three_lines_or_more_is_a_chunk() -> None:
+    ring = RecentChunks()
+    ring.yanked(A, "frobnicate")  # a word
+    ring.yanked(A, "def frobnicate(widget, times=2):\n    return widget * times\n")  # two lines
+    assert ring.context(B, USER, len(USER), {}) == ()
+    body = "".join(f"    total += part_{n}\n" for n in range(20))
+    ring.yanked(A, "\ndef frobnicate(widget, times=2):\n" + body)
+    [chunk] = ring.context(B, USER, len(USER), {})
+    first_16 = "def frobnicate(widget, times=2):\n" + body[: body.index("    total += part_15")]
+    assert chunk.uri == A and chunk.text == first_16
+    ring.yanked(B, "\r\n".join(["def frobnicate(widget, times=2):", *body.splitlines()]))  # the same lines again
+    assert [c.uri for c in ring.context(B, USER, len(USER), {})] == [B] and ring.evicted == 1
+
+
 def test_similarity_counts_shared_words() -> None:
     assert similarity(frozenset("ab"), frozenset("ab")) == 1.0
     assert similarity(frozenset("ab"), frozenset("cd")) == 0.0

@@ -229,6 +229,20 @@ local ok, err = xpcall(function()
   record.explained = lua([[return _G.test.scratch("explain")]])
   record.explain_requests = lua("return _G.test.requests")
 
+  -- Yanks: a word, then three lines (lines 4-6 of the file); the server's ring keeps the three lines.
+  lua([[
+    _G.test.ring = function()
+      local client = require("tandem.lsp").client(0)
+      local reply = client:request_sync("workspace/executeCommand", { command = "tandem.status" }, 5000, 0)
+      return reply.result.recent.chunks
+    end
+  ]])
+  record.ring_before = lua("return _G.test.ring()")
+  keys("4Gyiw")
+  keys("3yy")
+  until_true("the yanked lines in the ring", "return #_G.test.ring() > " .. #record.ring_before)
+  record.ring_after = lua("return _G.test.ring()")
+
   lua("vim.cmd('TandemStatus')")
   until_true("the status window", [[return _G.test.scratch("status") ~= nil]])
   record.status = lua([[return _G.test.scratch("status")]])

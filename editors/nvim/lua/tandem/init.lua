@@ -76,6 +76,17 @@ function M.setup(opts)
     end,
   })
   api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, { group = group, callback = ghost.stop })
+  -- What you yank is context for the next suggestions (the server keeps three lines or more).
+  api.nvim_create_autocmd("TextYankPost", {
+    group = group,
+    callback = function(event)
+      local client = lsp.client(event.buf)
+      if client and vim.v.event.operator == "y" then
+        local text = table.concat(vim.v.event.regcontents, "\n")
+        lsp.execute(client, { command = "tandem.yanked", arguments = { vim.uri_from_bufnr(event.buf), text } }, event.buf)
+      end
+    end,
+  })
   api.nvim_create_autocmd("ColorScheme", { group = group, callback = ghost.highlight })
   map_keys(ghost, options.keymaps)
   user_commands(ghost, assist)
