@@ -465,7 +465,7 @@ def create_server(make_app: AppFactory = App) -> TandemServer:
     @server.command(YANKED)
     def yanked(ls: TandemServer, *args: Any) -> None:
         if len(args) != 2 or not isinstance(args[0], str) or not isinstance(args[1], str):
-            raise JsonRpcInvalidParams(f"{YANKED} takes [uri, text], not {list(args)}")
+            raise JsonRpcInvalidParams(f"{YANKED} takes [uri, text], two strings")  # not echoed: it may be a secret
         ls.recent.yanked(*args)
 
     return server

@@ -82,8 +82,8 @@ function M.setup(opts)
     callback = function(event)
       local client = lsp.client(event.buf)
       if client and vim.v.event.operator == "y" then
-        local text = table.concat(vim.v.event.regcontents, "\n")
-        lsp.execute(client, { command = "tandem.yanked", arguments = { vim.uri_from_bufnr(event.buf), text } }, event.buf)
+        local yanked = { vim.uri_from_bufnr(event.buf), table.concat(vim.v.event.regcontents, "\n") }
+        lsp.execute(client, { command = "tandem.yanked", arguments = yanked }, event.buf)
       end
     end,
   })
