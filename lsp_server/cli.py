@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     name_at = next((i for i, word in enumerate(argv) if word in passed_on), len(argv))
     args = parser.parse_args(argv[: name_at + 1])
     args.rest = argv[name_at + 1 :]
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from lsp_server.privacy import PasswordsHidden
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PasswordsHidden("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLogger().level))  # it logs every message
     if args.command is None:
         args = parser.parse_args(["serve"])

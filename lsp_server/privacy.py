@@ -48,6 +48,21 @@ def cloud_denied(path: str, root: str | None, deny_globs: Sequence[str]) -> str 
     return None
 
 
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
+
+
+def hide_passwords(text: str) -> str:
+    """`text` with the password of every URL that carries one (`scheme://user:password@host`) shown as `***`."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+class PasswordsHidden(logging.Formatter):
+    """Log lines with URLs' passwords hidden, tracebacks included (httpx logs each request's URL whole)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return hide_passwords(super().format(record))
+
+
 def leaves_machine(url: str) -> bool:
     """True unless `url` names this machine by a loopback address or `localhost`."""
     host = (urlsplit(url).hostname or "").rstrip(".").lower()

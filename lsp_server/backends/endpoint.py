@@ -13,6 +13,7 @@ import openai
 from lsp_server.backends import Ahead, BackendError, TextPrompt, Usage
 from lsp_server.backends.openai_compat import OpenAICompatBackend, capped_tokens
 from lsp_server.completion.prompt import FimTemplate
+from lsp_server.privacy import hide_passwords
 
 Kind = Literal["auto", "llama-server", "openai"]
 USER_HEADER = "X-Tandem-User"
@@ -84,7 +85,8 @@ class EndpointBackend(OpenAICompatBackend):
             props = await self._call("get", "/props")
         except openai.NotFoundError as exc:  # vLLM, Ollama, llama_cpp.server
             if self.kind == "llama-server":
-                raise BackendError(f"{self._root} is not llama-server (no /props): check local.endpointKind") from exc
+                root = hide_passwords(self._root)
+                raise BackendError(f"{root} is not llama-server (no /props): check local.endpointKind") from exc
             self.kind = "openai"
             return await super()._first_model()
         except openai.APIError as exc:

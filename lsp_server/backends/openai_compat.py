@@ -21,6 +21,7 @@ from lsp_server.backends import Ahead, BackendError, ChatPrompt, Generation, Pro
 from lsp_server.backends.chat_template import render_chat
 from lsp_server.completion.prompt import FimTemplate, template_from_gguf
 from lsp_server.context import CHARS_PER_TOKEN
+from lsp_server.privacy import hide_passwords
 
 T = TypeVar("T")
 
@@ -84,7 +85,8 @@ class OpenAICompatBackend:
             if api_key or name != "cloud"
             else None
         )
-        self.base_url = str(self._client.base_url) if self._client else (base_url or "the cloud")
+        self.base_url = hide_passwords(str(self._client.base_url) if self._client else (base_url or "the cloud"))
+        """The server's address as messages and the status name it (a password in it hidden)."""
 
     async def start(self) -> None:
         """Learn the model the server serves when none was given."""
@@ -292,7 +294,7 @@ class OpenAICompatBackend:
                     return BackendError(f"{url} {what}; it asks to wait {wait:.0f} s"), None
                 return BackendError(f"{url} {what}"), wait or 0.0
             return BackendError(f"{url} refused the request (HTTP {status}): {exc.message[:200]}"), None
-        return BackendError(f"{url} reported an error: {exc}"[:300]), None
+        return BackendError(hide_passwords(f"{url} reported an error: {exc}")[:300]), None
 
 
 def _estimate(prompt_chars: int, text: str) -> Usage:

@@ -175,3 +175,23 @@ async def test_a_fim_model_on_the_fleet_gets_its_fim_prompt(start_on: Start, tmp
             assert row["prompt_tokens"] == proxy.state.usage["prompt_tokens"] > 0
         finally:
             proxy.close()
+
+
+async def test_a_password_in_the_endpoint_url_is_neither_logged_nor_shown(
+    start_on: Start, proxy: FaultProxy, capfd: pytest.CaptureFixture[str]
+) -> None:
+    address = proxy.url.split("://", 1)[1].removesuffix("/v1")
+    client = await start_on(f"http://alice:pw-s3cret@{address}")  # basic auth in the URL, as some teams set it up
+    open_doc(client, LINE)
+    assert (await ask(client, LINE)).items  # served: the URL works
+    proxy.reset(Fault("404"))  # a failure whose message names the server
+    other = (REPO / "fleet_other.py").as_uri()
+    open_doc(client, BLOCK, other)
+    assert not (await ask(client, BLOCK, other)).items
+    await until(lambda: any("not found at" in m.message for m in client.messages))
+    status = await command(client, "tandem.status")
+    logged = capfd.readouterr().err
+    assert "HTTP Request: POST http://alice:***@" in logged  # the requests are logged, the password is not
+    assert "pw-s3cret" not in logged
+    assert status["model"]["endpoint"].startswith(f"http://alice:***@{address}/v1")
+    assert "pw-s3cret" not in str(status) and "pw-s3cret" not in str([m.message for m in client.messages])

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import pytest
 
 from lsp_server.config import Settings
-from lsp_server.privacy import AuditLog, cloud_denied, leaves_machine, redact, restore
+from lsp_server.privacy import (
+    AuditLog,
+    PasswordsHidden,
+    cloud_denied,
+    hide_passwords,
+    leaves_machine,
+    redact,
+    restore,
+)
 
 DEFAULT_DENY = Settings().cloud_deny
 IGNORE = """\
@@ -529,3 +539,32 @@ def test_audit_log_never_holds_a_secret(tmp_path: Path) -> None:
     assert first["promptTokens"] == 12 and first["completionTokens"] == 5
     assert first["bytesSent"] == len(red.text)
     assert first["time"] and second["uri"] == "file:///w/app.py"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("http://alice:pw@team-llm:8080/v1", "http://alice:***@team-llm:8080/v1"),
+        (
+            'POST https://a:b@c/d "HTTP/1.1 200" then http://u:p@q',
+            'POST https://a:***@c/d "HTTP/1.1 200" then http://u:***@q',
+        ),
+        (
+            "http://alice@team-llm/v1 and http://team-llm:8080/v1",
+            "http://alice@team-llm/v1 and http://team-llm:8080/v1",
+        ),
+        ("postgres://user:p%40ss@db/x", "postgres://user:***@db/x"),
+    ],
+)
+def test_a_urls_password_is_hidden_and_nothing_else(text: str, shown: str) -> None:
+    assert hide_passwords(text) == shown
+
+
+def test_log_lines_hide_passwords_in_their_tracebacks_too() -> None:
+    try:
+        raise ConnectionError("cannot reach http://alice:pw-s3cret@team-llm/v1")
+    except ConnectionError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "to %s", ("http://bob:hunter2@h/",), sys.exc_info())
+    line = PasswordsHidden("%(message)s").format(record)
+    assert "to http://bob:***@h/" in line and "http://alice:***@team-llm/v1" in line
+    assert "hunter2" not in line and "pw-s3cret" not in line
