@@ -117,9 +117,10 @@ class App:
     def _shareable(self, request: Request) -> Request:
         """`request` without the other files' text that must not reach the model's machine: the definitions and
         recent edits of files the privacy rules keep home, when the model is a team endpoint elsewhere."""
-        denied = self.router.endpoint_denied
-        others = tuple((uri, text) for uri, text in request.others if denied(uri) is None)
-        recent = tuple((path, chunk) for path, chunk in request.recent if denied(chunk.uri) is None)
+        uris = {uri for uri, _ in request.others} | {chunk.uri for _, chunk in request.recent}
+        home = {uri for uri in uris if self.router.endpoint_denied(uri) is not None}  # each file judged once
+        others = tuple((uri, text) for uri, text in request.others if uri not in home)
+        recent = tuple((path, chunk) for path, chunk in request.recent if chunk.uri not in home)
         return replace(request, others=others, recent=recent)
 
     async def assist(
