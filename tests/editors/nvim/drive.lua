@@ -134,6 +134,12 @@ lua(
     vim.api.nvim_win_close(copy, true)
     vim.fn.writefile(html, path)
   end
+  -- The server's `tandem.status`; nil before it answers.
+  function _G.test.status()
+    local client = require("tandem.lsp").client(0)
+    local reply = client and client:request_sync("workspace/executeCommand", { command = "tandem.status" }, 5000, 0)
+    return reply and reply.result
+  end
   function _G.test.scratch(name)
     local buf = vim.fn.bufnr("tandem://" .. name)
     if buf == -1 then
@@ -153,10 +159,8 @@ local ok, err = xpcall(function()
   until_true(
     "the model to load",
     [[
-    local client = require("tandem.lsp").client(0)
-    if not client then return false end
-    local reply = client:request_sync("workspace/executeCommand", { command = "tandem.status" }, 5000, 0)
-    return reply ~= nil and reply.result ~= nil and reply.result.model.state == "ready"
+    local status = _G.test.status()
+    return status ~= nil and status.model.state == "ready"
   ]]
   )
   -- What the server says about positions: the `tandem/ghostText` notifications echo the request's.
@@ -230,18 +234,12 @@ local ok, err = xpcall(function()
   record.explain_requests = lua("return _G.test.requests")
 
   -- Yanks: a word, then three lines (lines 4-6 of the file); the server's ring keeps the three lines.
-  lua([[
-    _G.test.ring = function()
-      local client = require("tandem.lsp").client(0)
-      local reply = client:request_sync("workspace/executeCommand", { command = "tandem.status" }, 5000, 0)
-      return reply.result.recent.chunks
-    end
-  ]])
-  record.ring_before = lua("return _G.test.ring()")
+  local ring = "return _G.test.status().recent.chunks"
+  record.ring_before = lua(ring)
   keys("4Gyiw")
   keys("3yy")
-  until_true("the yanked lines in the ring", "return #_G.test.ring() > " .. #record.ring_before)
-  record.ring_after = lua("return _G.test.ring()")
+  until_true("the yanked lines in the ring", "return #_G.test.status().recent.chunks > " .. #record.ring_before)
+  record.ring_after = lua(ring)
 
   lua("vim.cmd('TandemStatus')")
   until_true("the status window", [[return _G.test.scratch("status") ~= nil]])
